@@ -16,6 +16,7 @@ from collections import OrderedDict
 from typing import Any
 
 import jsonschema
+import torch
 import xgrammar as xgr
 
 
@@ -93,3 +94,38 @@ class GrammarCache:
 
     def matcher(self, schema: dict[str, Any]) -> xgr.GrammarMatcher:
         return xgr.GrammarMatcher(self.compile(schema))
+
+
+_SHIFTS = torch.arange(32, dtype=torch.int32)
+_BYTE_BITS = torch.tensor([[(byte >> bit) & 1 for bit in range(8)] for byte in range(256)], dtype=torch.bool)
+# Below this many allowed-bit words per row, masking by the allowed tokens' indices beats a dense unpack.
+_SPARSE_WORDS_PER_ROW = 64
+
+
+def apply_bitmask(scores: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
+    """Set to -inf, in place, the logits of `rows` whose tokens the grammar bitmask forbids.
+
+    On GPUs this is xgrammar's kernel. On the CPU xgrammar tests bit by bit (about 1 ms
+    for 8 rows of a 32k vocabulary, more than a tiny model's whole decoding step), so we
+    vectorise with torch: by the allowed tokens' indices when few are allowed (the usual
+    case inside JSON structure), else by unpacking bytes through a lookup table.
+    """
+    if scores.device.type != "cpu":
+        xgr.apply_token_bitmask_inplace(scores, bitmask.to(scores.device), indices=rows)
+        return
+    vocab = scores.shape[-1]
+    index = torch.tensor(rows, dtype=torch.long)
+    words = bitmask[index]
+    if int(torch.count_nonzero(words)) <= _SPARSE_WORDS_PER_ROW * len(rows):
+        row_of, word = torch.nonzero(words, as_tuple=True)
+        bits = ((words[row_of, word].unsqueeze(-1) >> _SHIFTS) & 1).bool()
+        which, bit = torch.nonzero(bits, as_tuple=True)
+        tokens = word[which] * 32 + bit
+        keep = tokens < vocab
+        target_rows, tokens = index[row_of[which]][keep], tokens[keep]
+        allowed = scores[target_rows, tokens]
+        scores[index] = float("-inf")
+        scores[target_rows, tokens] = allowed
+    else:
+        allowed = _BYTE_BITS[words.view(torch.uint8).long()].view(len(rows), -1)[:, :vocab]
+        scores[index] = scores[index].masked_fill(~allowed, float("-inf"))

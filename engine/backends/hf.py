@@ -27,9 +27,10 @@ from engine.backend import GenerationRequest, GenerationResult, TransientEngineE
 from engine.images import ImageError, expand_to_square, load_image, pad_color
 from engine.model import LoadedModel, load_model
 from engine.settings import ImageLimits
-from engine.structured import GrammarCache, SchemaError, parse_and_validate
+from engine.structured import GrammarCache, SchemaError, apply_bitmask, parse_and_validate
 
 log = logging.getLogger(__name__)
+
 
 
 @dataclass
@@ -44,8 +45,7 @@ class _Prepared:
 class _RowControl:
     """Per-row state of one decoding call: grammar masks, log-probs, per-row length limits."""
 
-    def __init__(self, rows: list[_Prepared], prompt_len: int, vocab_size: int, eos_id: int, banned: list[int]):
-        self.prompt_len = prompt_len
+    def __init__(self, rows: list[_Prepared], vocab_size: int, eos_id: int, banned: list[int]):
         self.eos_id = eos_id
         self.matchers = [row.matcher for row in rows]
         self.max_new = [row.request.max_new_tokens for row in rows]
@@ -58,12 +58,12 @@ class _RowControl:
 
     def process(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._last_logprobs = torch.log_softmax(scores.float(), dim=-1)
+        scores[:, self.banned.to(scores.device)] = float("-inf")
         live = [i for i in self.constrained if not self.finished[i] and not self.matchers[i].is_terminated()]
         if live:
             for i in live:
                 self.matchers[i].fill_next_token_bitmask(self.bitmask, i)
-            xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device), indices=live)
-        scores[:, self.banned.to(scores.device)] = float("-inf")
+            apply_bitmask(scores, self.bitmask, live)
         return scores
 
     def record(self, input_ids: torch.LongTensor) -> torch.BoolTensor:
@@ -148,9 +148,9 @@ class HFBackend:
         inputs = inputs.to(self.loaded.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.dtype)
         prompt_len = inputs["input_ids"].shape[1]
-        control = _RowControl(rows, prompt_len, self.vocab_size, self.eos_id, self.banned)
         first = rows[0].request
         sample = first.temperature > 0
+        control = _RowControl(rows, self.vocab_size, self.eos_id, self.banned)
         config = GenerationConfig(
             max_new_tokens=max(r.request.max_new_tokens for r in rows),
             do_sample=sample,

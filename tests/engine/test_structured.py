@@ -1,0 +1,180 @@
+"""JSON-schema-constrained decoding: valid JSON or an explicit failure, never a crash, on a random model."""
+
+import io
+
+import jsonschema
+import pytest
+from PIL import Image
+
+from engine.backend import GenerationRequest
+from engine.structured import GrammarCache, SchemaError, check_schema, parse_and_validate
+
+ITEM = {"type": "object", "properties": {"label": {"type": "string", "maxLength": 12}}, "required": ["label"]}
+
+SCHEMAS = {
+    "enum": {"type": "string", "enum": ["cat", "dog", "bird"]},
+    "bool": {"type": "boolean"},
+    "integer-bounded": {"type": "integer", "minimum": 1, "maximum": 4},
+    "integer-unbounded": {"type": "integer"},
+    "number-bounded": {"type": "number", "minimum": -1.5, "maximum": 2.5},
+    "number-unbounded": {"type": "number"},
+    "flat-object": {
+        "type": "object",
+        "properties": {"shape": {"enum": ["circle", "square"]}, "count": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["shape", "count"],
+        "additionalProperties": False,
+    },
+    "optional-fields": {
+        "type": "object",
+        "properties": {"a": {"type": "boolean"}, "b": {"type": "integer", "minimum": 0, "maximum": 3}},
+        "required": ["a"],
+        "additionalProperties": False,
+    },
+    "nested-object": {
+        "type": "object",
+        "properties": {
+            "box": {
+                "type": "object",
+                "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 99}, "y": {"type": "integer", "minimum": 0, "maximum": 99}},
+                "required": ["x", "y"],
+            }
+        },
+        "required": ["box"],
+    },
+    "array-min-max": {"type": "array", "items": {"enum": ["red", "green"]}, "minItems": 1, "maxItems": 3},
+    "array-of-objects": {"type": "array", "items": ITEM, "minItems": 1, "maxItems": 2},
+    "defs-ref": {
+        "$defs": {"color": {"enum": ["red", "green", "blue"]}},
+        "type": "object",
+        "properties": {"fg": {"$ref": "#/$defs/color"}, "bg": {"$ref": "#/$defs/color"}},
+        "required": ["fg", "bg"],
+    },
+    "any-of": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 5}, {"enum": ["none"]}]},
+    "nullable": {"type": ["string", "null"], "maxLength": 5},
+    "const": {"type": "object", "properties": {"kind": {"const": "shape"}}, "required": ["kind"]},
+    "string-pattern": {"type": "string", "pattern": "^[a-c]{2,4}$"},
+    "deep": {
+        "type": "object",
+        "properties": {
+            "objects": {
+                "type": "array",
+                "maxItems": 2,
+                "items": {
+                    "type": "object",
+                    "properties": {"shape": {"enum": ["star"]}, "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 2}},
+                    "required": ["shape"],
+                },
+            }
+        },
+        "required": ["objects"],
+    },
+}
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_at_least_fifteen_schemas_are_exercised():
+    assert len(SCHEMAS) >= 15
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+def test_every_schema_gives_valid_json_or_an_explicit_failure(tiny_backend, temperature):
+    image = png()
+    requests = [
+        GenerationRequest(image=image, task="json", instruction=name, schema=schema, max_new_tokens=48,
+                          temperature=temperature, seed=7)
+        for name, schema in SCHEMAS.items()
+    ]
+    results = tiny_backend.generate(requests)
+    valid = 0
+    for (name, schema), result in zip(SCHEMAS.items(), results):
+        if result.error is None:
+            assert result.finish_reason == "stop", name
+            jsonschema.validate(result.json, schema)
+            assert parse_and_validate(result.text, schema) == (result.json, None)
+            valid += 1
+        else:
+            assert result.json is None, name
+            assert result.error.startswith(("length:", "output does not match", "output is not valid JSON")), result.error
+            if result.error.startswith("length:"):
+                assert result.finish_reason == "length" and result.tokens == 48
+    # Enums, booleans and bounded integers are too short to run out of budget: they must all succeed.
+    assert valid >= 6
+
+
+def test_json_cut_off_by_the_length_limit_is_a_failure_not_done(tiny_backend):
+    schema = {"type": "array", "items": {"type": "string"}, "minItems": 5}
+    result = tiny_backend.generate([GenerationRequest(image=png(), task="json", schema=schema, max_new_tokens=3)])[0]
+    assert result.finish_reason == "length"
+    assert result.error == "length: the JSON answer was cut off at max_new_tokens=3"
+    assert result.json is None
+
+
+@pytest.mark.parametrize(
+    "schema, message",
+    [
+        ({"type": "strin"}, "invalid JSON schema at type"),
+        ({"type": "object", "required": "name"}, "invalid JSON schema at required"),
+        ({"type": "integer", "minimum": "zero"}, "invalid JSON schema at minimum"),
+        ([1, 2], "must be an object, got list"),
+    ],
+)
+def test_invalid_schemas_are_rejected_with_the_problem_named(tiny_backend, schema, message):
+    with pytest.raises(SchemaError, match=message):
+        check_schema(schema)
+    result = tiny_backend.generate([GenerationRequest(image=png(), task="json", schema=schema)])[0]
+    assert result.finish_reason == "error" and message.split(" at ")[0] in result.error
+
+
+def test_a_schema_xgrammar_cannot_compile_is_a_per_item_error(tiny_backend):
+    schema = {"$ref": "#/$defs/missing"}
+    result = tiny_backend.generate([GenerationRequest(image=png(), task="json", schema=schema)])[0]
+    assert result.error.startswith("constrained decoding cannot use this schema"), result.error
+
+
+def test_schemas_compile_once_and_are_cached(tiny_backend):
+    cache = GrammarCache(tiny_backend.tokenizer, tiny_backend.vocab_size, max_entries=2)
+    calls = []
+    original = cache.compiler.compile_json_schema
+    cache.compiler = type("Counting", (), {"compile_json_schema": lambda self, *a, **k: calls.append(a) or original(*a, **k)})()
+    first = cache.compile(SCHEMAS["enum"])
+    assert cache.compile(dict(SCHEMAS["enum"])) is first
+    assert len(calls) == 1
+    cache.compile(SCHEMAS["bool"])
+    cache.compile(SCHEMAS["integer-bounded"])  # evicts "enum" (LRU of 2)
+    cache.compile(SCHEMAS["enum"])
+    assert len(calls) == 4
+    with pytest.raises(SchemaError):
+        cache.compile({"type": "strin"})
+    with pytest.raises(SchemaError):
+        cache.compile({"type": "strin"})
+    assert len(calls) == 4  # invalid schemas fail before compiling, and the failure is cached too
+
+
+@pytest.mark.parametrize("density", [0.001, 0.02, 0.5, 0.97], ids=["very-sparse", "sparse", "half", "dense"])
+def test_cpu_mask_matches_xgrammars_own_kernel(density):
+    import torch
+    import xgrammar as xgr
+
+    from engine.structured import apply_bitmask
+
+    generator = torch.Generator().manual_seed(0)
+    vocab = 32_064 + 7  # not a multiple of 32
+    allowed = torch.rand(6, vocab, generator=generator) < density
+    width = xgr.allocate_token_bitmask(6, vocab).shape[1]
+    padded = torch.zeros(6, width * 32, dtype=torch.int64)
+    padded[:, :vocab] = allowed
+    packed = (padded.view(6, width, 32) << torch.arange(32)).sum(-1)
+    bitmask = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+    scores = torch.randn(6, vocab, generator=generator)
+    rows = [0, 2, 3, 5]
+    expected = scores.clone()
+    xgr.apply_token_bitmask_inplace(expected, bitmask, indices=rows)
+    ours = scores.clone()
+    apply_bitmask(ours, bitmask, rows)
+    assert torch.equal(ours, expected)
+    assert torch.equal(ours[1], scores[1])  # rows not listed are untouched
