@@ -13,7 +13,7 @@ batch impossible right now (engine unreachable, out of memory) raise
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -22,11 +22,10 @@ from engine.prompts import Task, build_instruction, build_prompt
 FinishReason = Literal["stop", "length", "error"]
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One image and what to do with it."""
+@dataclass(frozen=True, kw_only=True)
+class GenerationOptions:
+    """What to ask of an image: everything of a request but the image (a labeler job stores one for all its items)."""
 
-    image: bytes | str | Path
     task: Task = "caption"
     instruction: str | None = None
     schema: dict[str, Any] | None = None
@@ -45,13 +44,24 @@ class GenerationRequest:
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
 
+    def option_fields(self) -> dict[str, Any]:
+        """The options as keyword arguments (for a request, or to store)."""
+        return {f.name: getattr(self, f.name) for f in fields(GenerationOptions)}
+
     @property
     def prompt(self) -> str:
-        """The full vicuna_v1 prompt this request renders to (one source: engine.prompts)."""
+        """The full vicuna_v1 prompt these options render to (one source: engine.prompts)."""
         text = build_instruction(
             self.task, self.instruction, schema=self.schema, options=self.options, unanswerable=self.unanswerable
         )
         return build_prompt(text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationRequest(GenerationOptions):
+    """One image and what to do with it."""
+
+    image: bytes | str | Path
 
     @property
     def sampling_key(self) -> tuple[float, float]:
@@ -70,6 +80,7 @@ class GenerationResult:
     confidence: float | None = None
     error: str | None = None
     token_logprobs: list[float] = field(default_factory=list, repr=False)
+    token_ids: list[int] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -83,6 +94,7 @@ class GenerationResult:
         out = asdict(self)
         if not with_logprobs:
             out.pop("token_logprobs")
+            out.pop("token_ids")
         return out
 
 
@@ -103,12 +115,20 @@ class Backend(Protocol):
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
 
 
-def load_backend(model: str | None = None, **kwargs: Any) -> Backend:
-    """The in-process backend for `model` (default: the settings' engine.model)."""
+def load_backend(model: str | None = None, *, url: str | None = None, **kwargs: Any) -> Backend:
+    """The backend the settings ask for: the remote predictor when a URL is given (`url`, else the
+    settings' engine.url), otherwise the in-process backend for `model` (default: engine.model).
+
+    Switching a worker to a predictor is one setting (LLAVA_LABELER_ENGINE__URL); callers never change.
+    """
+    from engine.settings import get_settings
+
+    settings = get_settings()
+    url = url or settings.engine.url
+    if url:
+        from engine.backends.remote import RemoteBackend
+
+        return RemoteBackend(url, settings=settings.serving, image_limits=settings.images)
     from engine.backends.hf import HFBackend
 
-    if model is None:
-        from engine.settings import get_settings
-
-        model = get_settings().engine.model
-    return HFBackend.load(model, **kwargs)
+    return HFBackend.load(model or settings.engine.model, **kwargs)

@@ -97,4 +97,7 @@ def register(app: typer.Typer) -> None:
     """Mount the engine's commands on the root CLI."""
     app.command()(predict)
     app.add_typer(model_app, name="model")
+    from engine import serving_cli  # serve, engine build (kept apart: they import the server stack lazily)
+
+    serving_cli.register(app)
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,7 +34,8 @@ class FetchPolicy(BaseModel):
     max_bytes: int = 50 * 1024 * 1024
     timeout_s: float = 30.0
     allowed_roots: list[Path] = Field(
-        default_factory=list, description="Directories local paths in manifests may point into (empty: cwd)."
+        default_factory=list,
+        description="Directories local paths in manifests may point into (empty: the manifest's own directory).",
     )
 
 
@@ -48,6 +50,51 @@ class EngineSettings(BaseModel):
     max_new_tokens: int = 128
 
 
+class ServingSettings(BaseModel):
+    """The predictor server (`llava-labeler serve`) and the workers' remote client that calls it."""
+
+    host: str = Field(default="127.0.0.1", description="Bind address; 0.0.0.0 only inside a pod.")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP port (0: any free port).")
+    model_name: str = Field(default="llava", description="The name in /v1/models/{name} and the OpenAI `model`.")
+    max_batch_size: int = Field(default=16, ge=1, description="Most items one engine call takes (1: no batching).")
+    max_wait_ms: float = Field(default=10.0, ge=0, description="How long a batch waits to fill after its first item.")
+    max_queue: int = Field(default=1024, ge=1, description="Items waiting beyond this are refused with 503.")
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request body (413).")
+    max_items_per_request: int = Field(default=256, ge=1, description="Most instances in one v1/v2 request.")
+    request_timeout_s: float = Field(default=300.0, gt=0, description="Per-request limit on the server (504).")
+    client_timeout_s: float = Field(default=600.0, gt=0, description="Remote client: read timeout per call.")
+    client_retries: int = Field(default=4, ge=0, description="Remote client: retries on connection errors, 5xx, 429.")
+    client_backoff_s: float = Field(default=0.5, ge=0, description="Remote client: base of the jittered backoff.")
+
+
+class LabelerSettings(BaseModel):
+    """Jobs, the queue and the workers (labeler/)."""
+
+    batch_size: int = Field(default=32, ge=1, description="Items per Celery task: the batch the engine sees.")
+    worker_concurrency: int = Field(default=1, ge=1, description="Worker processes per `worker`, each with its own engine.")
+    queue: str = Field(default="labeler", description="Celery queue the batches go to.")
+    visibility_timeout_s: float = Field(
+        default=600.0, gt=0, description="A claimed batch not finished in this time is handed to another worker."
+    )
+    max_retries: int = Field(default=3, ge=0, description="Retries of a batch on transient engine errors.")
+    retry_backoff_s: float = Field(default=2.0, ge=0, description="First retry delay; doubles per retry (max 60 s).")
+    max_attempts: int = Field(default=6, ge=1, description="An item claimed this often without finishing fails.")
+    metrics_port: int = Field(default=9108, ge=0, le=65535, description="Worker Prometheus port (0: off).")
+    review_lease_s: float = Field(default=600.0, gt=0, description="How long a reviewer holds an item.")
+    max_manifest_bytes: int = Field(default=1024**3, ge=1, description="Largest manifest fetched from a URL.")
+
+
+class UISettings(BaseModel):
+    """The review console (`llava-labeler ui`): where it listens and who may use it."""
+
+    host: str = Field(default="127.0.0.1", description="Bind address; anything but loopback needs auth.")
+    port: int = Field(default=8501, ge=1, le=65535, description="HTTP port.")
+    auth: Literal["none", "password", "oidc"] = Field(
+        default="none", description="none (loopback only) | password (shared secret) | oidc (st.login, [auth] in secrets.toml)."
+    )
+    password: SecretStr | None = Field(default=None, description="The shared password when auth is `password`.")
+
+
 class Settings(BaseSettings):
     """All configuration, read once from the environment."""
 
@@ -59,6 +106,9 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     images: ImageLimits = ImageLimits()
     fetch: FetchPolicy = FetchPolicy()
+    serving: ServingSettings = ServingSettings()
+    labeler: LabelerSettings = LabelerSettings()
+    ui: UISettings = UISettings()
 
 
 @lru_cache(maxsize=1)

@@ -19,6 +19,10 @@ import jsonschema
 import torch
 import xgrammar as xgr
 
+# vicuna_v1 answers follow "ASSISTANT:" after a space (" {...}"), so models emit a leading-space
+# token first; the grammar allows that one space instead of forcing an unseen first token.
+_LEADING_SPACE = xgr.Grammar.from_ebnf('root ::= " "?')
+
 
 class SchemaError(ValueError):
     """A JSON schema that is invalid or that constrained decoding cannot compile."""
@@ -77,7 +81,8 @@ class GrammarCache:
         if hit is None:
             try:
                 check_schema(schema)
-                hit = self.compiler.compile_json_schema(key, any_whitespace=False, strict_mode=True)
+                schema_grammar = xgr.Grammar.from_json_schema(key, any_whitespace=False, strict_mode=True)
+                hit = self.compiler.compile_grammar(xgr.Grammar.concat(_LEADING_SPACE, schema_grammar))
             except SchemaError as exc:
                 hit = exc
             except (RuntimeError, ValueError, xgr.InvalidJSONError) as exc:

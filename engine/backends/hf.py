@@ -26,8 +26,9 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 from engine.backend import GenerationRequest, GenerationResult, TransientEngineError
 from engine.images import ImageError, expand_to_square, load_image, pad_color
 from engine.model import LoadedModel, load_model
+from engine.results import result_from_tokens
 from engine.settings import ImageLimits
-from engine.structured import GrammarCache, SchemaError, apply_bitmask, parse_and_validate
+from engine.structured import GrammarCache, SchemaError, apply_bitmask
 
 log = logging.getLogger(__name__)
 
@@ -178,22 +179,4 @@ class HFBackend:
 
     def _result(self, row: _Prepared, sequence: list[int], logprobs: list[float]) -> GenerationResult:
         tokens = sequence[: len(logprobs)]
-        stopped = bool(tokens) and tokens[-1] == self.eos_id
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        result = GenerationResult(
-            text=text,
-            finish_reason="stop" if stopped else "length",
-            tokens=len(tokens),
-            confidence=sum(logprobs) / len(logprobs) if logprobs else None,
-            token_logprobs=logprobs,
-        )
-        schema = row.request.schema
-        if schema is None:
-            return result
-        if not stopped:
-            result.error = f"length: the JSON answer was cut off at max_new_tokens={row.request.max_new_tokens}"
-            return result
-        result.json, reason = parse_and_validate(text, schema)
-        if reason:
-            result.error = reason
-        return result
+        return result_from_tokens(row.request, tokens, logprobs, tokenizer=self.tokenizer, eos_id=self.eos_id)

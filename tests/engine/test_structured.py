@@ -139,8 +139,8 @@ def test_a_schema_xgrammar_cannot_compile_is_a_per_item_error(tiny_backend):
 def test_schemas_compile_once_and_are_cached(tiny_backend):
     cache = GrammarCache(tiny_backend.tokenizer, tiny_backend.vocab_size, max_entries=2)
     calls = []
-    original = cache.compiler.compile_json_schema
-    cache.compiler = type("Counting", (), {"compile_json_schema": lambda self, *a, **k: calls.append(a) or original(*a, **k)})()
+    original = cache.compiler.compile_grammar
+    cache.compiler = type("Counting", (), {"compile_grammar": lambda self, *a, **k: calls.append(a) or original(*a, **k)})()
     first = cache.compile(SCHEMAS["enum"])
     assert cache.compile(dict(SCHEMAS["enum"])) is first
     assert len(calls) == 1
@@ -178,3 +178,12 @@ def test_cpu_mask_matches_xgrammars_own_kernel(density):
     apply_bitmask(ours, bitmask, rows)
     assert torch.equal(ours, expected)
     assert torch.equal(ours[1], scores[1])  # rows not listed are untouched
+
+
+def test_a_leading_space_is_allowed_because_vicuna_answers_start_with_one(tiny_backend):
+    matcher = tiny_backend.grammars.matcher({"type": "boolean"})
+    tokenizer = tiny_backend.tokenizer
+    for token in tokenizer.encode(" true", add_special_tokens=False):
+        assert matcher.accept_token(token)
+    assert matcher.accept_token(tokenizer.eos_token_id) and matcher.is_terminated()
+    assert parse_and_validate(" true".strip(), {"type": "boolean"}) == (True, None)
