@@ -1,18 +1,19 @@
 """The `llava-labeler` command: the one CLI, composed from each package's commands.
 
-This module is the composition root: engine and training each expose `register(app)`
-and are mounted here, so every command is one `llava-labeler …` away.
+Each package exposes `register(app)` and declares it under the `llava_labeler.commands`
+entry-point group (pyproject.toml); they are mounted here through the installed
+metadata, so every command is one `llava-labeler …` away and this module imports no
+package above it (ui and training depend on labeler and engine, never the reverse).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
-
-from engine import cli as engine_cli
 
 app = typer.Typer(
     name="llava-labeler",
@@ -35,7 +36,9 @@ def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Lo
         hf_logging.disable_progress_bar()
 
 
-engine_cli.register(app)
+COMMAND_GROUP = "llava_labeler.commands"
+for _entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda entry: entry.name):
+    _entry.load()(app)
 
 
 def main() -> None:

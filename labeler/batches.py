@@ -1,0 +1,352 @@
+"""One batch, exactly once: claim the items, read the images, generate, record, in that order.
+
+Exactly-once rests on the database, not on the queue:
+1. *Claim.* One UPDATE moves the batch's items from `pending` (or `running` with an
+   expired lease) to `running` under a fresh lease token and bumps `attempts`; only
+   rows it moved are this worker's. A message delivered twice claims nothing the
+   second time; items of a worker that died are claimable again once its lease
+   (`visibility_timeout_s`) expires, and `requeue_expired` sends them out again.
+2. *Work* outside any transaction: read bytes, build requests, one `generate` call.
+   While it runs, a heartbeat renews the lease every third of the timeout, so only a
+   worker that stopped (not a slow one) loses its items.
+3. *Record.* One transaction locks the items this token still owns, writes their final
+   state, upserts predictions keyed by (item, model version, prompt hash), and moves
+   the job's counters by exactly the rows it finished. Rows cancelled or re-claimed in
+   the meantime are not ours any more and are left alone.
+
+Per-item problems fail that item with the reason. `TransientEngineError` releases the
+items with a lease that expires after the backoff (`retry_backoff_s`, doubling per
+attempt), so `requeue_expired` sends them again then, through the same path as a dead
+worker's items, on any broker; after `max_retries` retries they fail. An item claimed
+`max_attempts` times without finishing (a worker dying on it again and again) fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from engine.backend import Backend, GenerationRequest, GenerationResult, TransientEngineError
+from engine.prompts import prompt_hash
+from engine.settings import Settings
+from labeler.db import Database, dialect_insert
+from labeler.models import (
+    CLAIMED,
+    COMPLETED,
+    DONE,
+    FAILED,
+    PAUSED,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    SUBMITTING,
+    Item,
+    Job,
+    Prediction,
+    utcnow,
+)
+from labeler.reading import ReadError, read_image_bytes
+from labeler.registry import serving_uri, version_for_uri
+
+log = logging.getLogger(__name__)
+RUNNABLE = (SUBMITTING, QUEUED, RUNNING)
+MAX_BACKOFF_S = 60.0
+ITEMS = Item.__table__
+
+
+@dataclass
+class BatchResult:
+    """What one `process` call did (for the task, its metrics and tests)."""
+
+    claimed: int = 0
+    done: int = 0
+    failed: int = 0
+    released: int = 0
+    skipped: str | None = None
+    engine_seconds: float = 0.0
+
+
+@dataclass
+class _Work:
+    id: int
+    uri: str
+    question: str | None
+    attempts: int
+    last_error: str | None
+    request: GenerationRequest | None = None
+    content_hash: str | None = None
+
+
+@dataclass
+class _Outcome:
+    """The final state to record for claimed items."""
+
+    failures: dict[int, str] = field(default_factory=dict)
+    results: dict[int, tuple[_Work, GenerationResult]] = field(default_factory=dict)
+    released: dict[int, tuple[str, float]] = field(default_factory=dict)  # reason, backoff seconds
+    engine_seconds: float = 0.0
+
+
+def generation_request(job: Job, question: str | None, image: bytes) -> GenerationRequest:
+    """The engine request for one item of `job` (the item's question overrides the job's)."""
+    stored = dict(job.generation)
+    stored["options"] = tuple(stored["options"]) if stored.get("options") else None
+    return GenerationRequest(
+        image=image,
+        task=job.task,  # type: ignore[arg-type]
+        instruction=question or job.instruction,
+        schema=job.schema,
+        **stored,
+    )
+
+
+class BatchProcessor:
+    """Processes batches for one worker process: one engine, one database, one model version."""
+
+    def __init__(self, db: Database, settings: Settings, backend: Callable[[], Backend]):
+        self.db = db
+        self.settings = settings
+        self._backend = backend
+        self._model_version_id: int | None = None
+
+    def model_version_id(self) -> int:
+        if self._model_version_id is None:
+            uri = serving_uri(self.settings.engine.model, self.settings.engine.url)
+            self._model_version_id = self.db.retrying(lambda s: version_for_uri(s, uri).id)
+        return self._model_version_id
+
+    def process(self, job_id: int, item_ids: list[int]) -> BatchResult:
+        with self.db.read() as session:
+            job = session.get(Job, job_id)
+        if job is None:
+            return BatchResult(skipped=f"job {job_id} does not exist")
+        if job.status not in RUNNABLE:
+            return BatchResult(skipped=f"job {job_id} is {job.status}")
+        model_version_id = self.model_version_id()
+        token = uuid.uuid4().hex
+        claimed = self.db.retrying(lambda s: self._claim(s, job_id, item_ids, token))
+        if not claimed:
+            return BatchResult(skipped="no item of the batch was claimable")
+        with self._heartbeat(token):
+            outcome = self._work(job, claimed)
+        done, failed, released = self.db.retrying(lambda s: self._record(s, job_id, token, outcome, model_version_id))
+        return BatchResult(
+            claimed=len(claimed), done=done, failed=failed, released=released, engine_seconds=outcome.engine_seconds
+        )
+
+    @contextmanager
+    def _heartbeat(self, token: str) -> Iterator[None]:
+        """Renew this token's leases in the background until the block ends."""
+        timeout = self.settings.labeler.visibility_timeout_s
+        stop = threading.Event()
+
+        def renew(session: Session) -> None:
+            session.execute(
+                update(Item)
+                .where(Item.lease_owner == token, Item.status == CLAIMED)
+                .values(lease_expires_at=utcnow() + timedelta(seconds=timeout))
+                .execution_options(synchronize_session=False)
+            )
+
+        def beat() -> None:
+            while not stop.wait(timeout / 3):
+                try:
+                    self.db.retrying(renew)
+                except Exception:  # the lease then runs out and the items go to another worker: safe
+                    log.exception("could not renew the lease of batch %s", token)
+
+        thread = threading.Thread(target=beat, name=f"lease-{token[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _claim(self, session: Session, job_id: int, item_ids: list[int], token: str) -> list[_Work]:
+        now = utcnow()
+        runnable_job = select(Job.id).where(Job.id == job_id, Job.status.in_(RUNNABLE)).scalar_subquery()
+        claim = (
+            update(Item)
+            .where(
+                Item.id.in_(item_ids),
+                Item.job_id == runnable_job,
+                or_(Item.status == PENDING, and_(Item.status == CLAIMED, Item.lease_expires_at < now)),
+            )
+            .values(
+                status=CLAIMED,
+                lease_owner=token,
+                lease_expires_at=now + timedelta(seconds=self.settings.labeler.visibility_timeout_s),
+                attempts=Item.attempts + 1,
+            )
+            .returning(Item.id, Item.uri, Item.question, Item.attempts, Item.error)
+            .execution_options(synchronize_session=False)
+        )
+        rows = session.execute(claim).all()
+        if rows:  # the job is running from its first claim on (one statement, a write only the first time)
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, or_(Job.status.in_((SUBMITTING, QUEUED)), Job.started_at.is_(None)))
+                .values(
+                    status=case((Job.status.in_((SUBMITTING, QUEUED)), RUNNING), else_=Job.status),
+                    started_at=func.coalesce(Job.started_at, now),
+                )
+                .execution_options(synchronize_session=False)
+            )
+        return [_Work(*row) for row in sorted(rows)]
+
+    def _work(self, job: Job, claimed: list[_Work]) -> _Outcome:
+        outcome = _Outcome()
+        ready: list[_Work] = []
+        for work in claimed:
+            if work.attempts > self.settings.labeler.max_attempts:
+                reason = work.last_error or "the worker processing it stopped (killed or crashed)"
+                outcome.failures[work.id] = f"gave up after {work.attempts - 1} attempts: {reason}"
+                continue
+            try:
+                image = read_image_bytes(work.uri, self.settings)
+                work.content_hash = hashlib.sha256(image).hexdigest()
+                work.request = generation_request(job, work.question, image)
+                _ = work.request.prompt  # a vqa item without a question fails here, alone
+            except (ReadError, ValueError) as exc:
+                outcome.failures[work.id] = str(exc)
+                continue
+            ready.append(work)
+        if not ready:
+            return outcome
+        started = time.perf_counter()
+        try:
+            results = self._backend().generate([work.request for work in ready])  # type: ignore[misc]
+        except TransientEngineError as exc:
+            outcome.engine_seconds = time.perf_counter() - started
+            limits = self.settings.labeler
+            for work in ready:
+                if work.attempts <= limits.max_retries:
+                    backoff = min(MAX_BACKOFF_S, limits.retry_backoff_s * 2 ** (work.attempts - 1))
+                    outcome.released[work.id] = (f"engine error, will retry: {exc}", backoff)
+                else:
+                    outcome.failures[work.id] = f"engine unavailable after {work.attempts} tries: {exc}"
+            return outcome
+        outcome.engine_seconds = time.perf_counter() - started
+        for work, result in zip(ready, results, strict=True):
+            if result.error:
+                outcome.failures[work.id] = result.error
+            else:
+                outcome.results[work.id] = (work, result)
+        return outcome
+
+    def _record(
+        self, session: Session, job_id: int, token: str, outcome: _Outcome, model_version_id: int
+    ) -> tuple[int, int, int]:
+        """Write the outcome for the items this token still owns; returns (done, failed, released)."""
+        ids = [*outcome.failures, *outcome.results, *outcome.released]
+        owned = set(
+            session.scalars(
+                select(Item.id)
+                .where(Item.id.in_(ids), Item.lease_owner == token, Item.status == CLAIMED)
+                .order_by(Item.id)
+                .with_for_update()
+            )
+        )
+        now = utcnow()
+        finished = {"lease_owner": None, "lease_expires_at": None, "finished_at": now}
+        done_rows = [
+            {"id": i, "status": DONE, "error": None, "content_hash": work.content_hash, **finished}
+            for i, (work, _) in outcome.results.items()
+            if i in owned
+        ]
+        failed_rows = [
+            {"id": i, "status": FAILED, "error": reason, **finished} for i, reason in outcome.failures.items() if i in owned
+        ]
+        released_rows = [  # still `running`, owned by nobody, until the backoff lease runs out
+            {"id": i, "error": reason, "lease_owner": None, "lease_expires_at": now + timedelta(seconds=backoff)}
+            for i, (reason, backoff) in outcome.released.items()
+            if i in owned
+        ]
+        for rows in (done_rows, failed_rows, released_rows):
+            _update_rows(session, rows)
+        per_item_ms = 1000 * outcome.engine_seconds / max(1, len(outcome.results))
+        predictions = [outcome.results[row["id"]] for row in done_rows]
+        _upsert_predictions(session, job_id, model_version_id, predictions, per_item_ms, now)
+        if done_rows or failed_rows:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(done=Job.done + len(done_rows), failed=Job.failed + len(failed_rows))
+                .execution_options(synchronize_session=False)
+            )
+            finish_job_if_complete(session, job_id)
+        return len(done_rows), len(failed_rows), len(released_rows)
+
+def _upsert_predictions(
+    session: Session,
+    job_id: int,
+    model_version_id: int,
+    rows: list[tuple[_Work, GenerationResult]],
+    latency_ms: float,
+    now: datetime,
+) -> None:
+    """Insert, or on (item, model version, prompt hash) conflict overwrite: never a second row."""
+    if not rows:
+        return
+    values: list[dict[str, Any]] = []
+    for work, result in rows:
+        request = work.request
+        assert request is not None
+        values.append(
+            {
+                "item_id": work.id,
+                "job_id": job_id,
+                "model_version_id": model_version_id,
+                "prompt_hash": prompt_hash(request.prompt, request.schema),
+                "text": result.text,
+                "json": result.json,
+                "confidence": result.confidence,
+                "tokens": result.tokens,
+                "finish_reason": result.finish_reason,
+                "latency_ms": latency_ms,
+                "reviewed": False,
+                "created_at": now,
+            }
+        )
+    insert = dialect_insert(session)(Prediction.__table__)
+    keep = ("text", "json", "confidence", "tokens", "finish_reason", "latency_ms", "created_at")
+    upsert = insert.on_conflict_do_update(
+        index_elements=["item_id", "model_version_id", "prompt_hash"],
+        set_={name: insert.excluded[name] for name in keep},
+    )
+    session.execute(upsert, values)
+
+
+def _update_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Per-row UPDATEs by id in one executemany (every row sets the same columns)."""
+    if not rows:
+        return
+    columns = [key for key in rows[0] if key != "id"]
+    statement = update(ITEMS).where(ITEMS.c.id == bindparam("b_id")).values({c: bindparam(f"b_{c}") for c in columns})
+    session.execute(statement, [{f"b_{key}": value for key, value in row.items()} for row in rows])
+
+
+def finish_job_if_complete(session: Session, job_id: int) -> None:
+    """Mark the job completed once every item is in a terminal state."""
+    session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status.in_((QUEUED, RUNNING, PAUSED)),
+            Job.done + Job.failed + Job.cancelled >= Job.total,
+        )
+        .values(status=COMPLETED, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )

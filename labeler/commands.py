@@ -1,0 +1,302 @@
+"""Job commands of the `llava-labeler` CLI: submit, status, pause, resume, cancel, retry-failed,
+export, worker and run.
+
+They are thin: each calls `labeler.service.Labeler` and prints. Errors a person must fix
+(a missing source, an unknown job, a malformed manifest line) end in one line through
+`engine.cli.fail`. Heavy imports happen inside the commands, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from engine.cli import fail, read_json_file
+
+JobId = Annotated[int, typer.Argument(help="Job id (see `status`).")]
+Source = Annotated[str, typer.Argument(help="Directory, glob, .jsonl manifest (path or URL), or s3:// gs:// http(s):// URL.")]
+Task = Annotated[str, typer.Option(help="caption | vqa | json")]
+Instruction = Annotated[
+    Optional[str], typer.Option("--instruction", "--question", "-q", help="Question or caption instruction for every item.")
+]
+Schema = Annotated[Optional[Path], typer.Option(help="JSON schema file (json task): answers are constrained to it.")]
+Options = Annotated[Optional[list[str]], typer.Option("--option", help="Multiple-choice option (repeat; vqa).")]
+Unanswerable = Annotated[bool, typer.Option(help="Add the paper's 'Unanswerable' instruction (vqa).")]
+MaxNewTokens = Annotated[Optional[int], typer.Option(min=1, help="Token budget per answer (default: settings).")]
+Temperature = Annotated[float, typer.Option(min=0.0, help="0: greedy.")]
+BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Items per task (default: settings labeler.batch_size).")]
+Name = Annotated[Optional[str], typer.Option(help="A name to find the job by.")]
+Extensions = Annotated[Optional[list[str]], typer.Option("--ext", help="File extension to take from a directory (repeat).")]
+
+
+def _labeler():
+    from labeler.service import Labeler
+
+    return Labeler()
+
+
+def _spec(task, instruction, schema, options, unanswerable, max_new_tokens, temperature):
+    from engine.settings import get_settings
+    from labeler.jobs import JobSpec
+
+    schema_obj = read_json_file(schema, "schema") if schema else None
+    if schema_obj is not None and not isinstance(schema_obj, dict):
+        fail(f"schema file {schema} must hold a JSON object")
+    return JobSpec(
+        task=task,
+        instruction=instruction,
+        schema=schema_obj,  # type: ignore[arg-type]
+        options=tuple(options) if options else None,
+        unanswerable=unanswerable,
+        max_new_tokens=max_new_tokens or get_settings().engine.max_new_tokens,
+        temperature=temperature,
+    )
+
+
+def _submit(labeler, source, spec, name, batch_size, extensions):
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from labeler.jobs import JobError
+    from labeler.sources import IMAGE_EXTENSIONS, SourceError
+
+    exts = tuple(e if e.startswith(".") else f".{e}" for e in extensions) if extensions else IMAGE_EXTENSIONS
+    columns = (SpinnerColumn(), TextColumn("submitting: {task.completed:,} items"), TimeElapsedColumn())
+    console = _progress_console()
+    try:
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+            task = bar.add_task("submit", total=None)
+            return labeler.submit(
+                source, spec, name=name, batch_size=batch_size, extensions=exts, progress=lambda n: bar.advance(task, n)
+            )
+    except (JobError, SourceError) as exc:
+        fail(str(exc))
+
+
+def _progress_console():
+    """Progress goes to stderr: stdout carries results (`status --json` stays parseable)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _describe(status) -> str:
+    rate = f", {status.items_per_second:.1f} items/s" if status.items_per_second else ""
+    eta = f", ETA {status.eta_seconds:.0f} s" if status.eta_seconds is not None else ""
+    return (
+        f"job {status.id} [{status.status}] {status.task} on {status.source}: {status.total:,} items - "
+        f"{status.done:,} done, {status.failed:,} failed, {status.cancelled:,} cancelled, {status.pending:,} to do{rate}{eta}"
+    )
+
+
+def _follow(labeler, job_id: int, poll_s: float = 0.5):
+    """A progress bar until the job finishes (or stops making progress because it is paused)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    status = labeler.status(job_id)
+    columns = (
+        TextColumn("job {task.fields[job]} {task.fields[state]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=_progress_console()) as bar:
+        task = bar.add_task("job", total=status.total, job=job_id, state=status.status, failed=0)
+        while True:
+            status = labeler.status(job_id)
+            finished = status.done + status.failed + status.cancelled
+            bar.update(task, completed=finished, total=status.total, state=status.status, failed=status.failed)
+            if status.finished or status.status == "paused":
+                return status
+            time.sleep(poll_s)
+
+
+def _print_failures(labeler, job_id: int) -> None:
+    failures = labeler.failed_items(job_id, limit=10)
+    for item in failures:
+        typer.echo(f"  failed: {item.uri}: {item.error}")
+
+
+def submit(
+    source: Source,
+    task: Task = "caption",
+    instruction: Instruction = None,
+    schema: Schema = None,
+    option: Options = None,
+    unanswerable: Unanswerable = False,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = 0.0,
+    batch_size: BatchSize = None,
+    name: Name = None,
+    ext: Extensions = None,
+    follow: Annotated[bool, typer.Option(help="Show a progress bar until the job finishes.")] = False,
+) -> None:
+    """Create a job from SOURCE and queue its items for the workers."""
+    labeler = _labeler()
+    spec = _spec(task, instruction, schema, option, unanswerable, max_new_tokens, temperature)
+    status = _submit(labeler, source, spec, name, batch_size, ext)
+    typer.echo(f"submitted: {_describe(status)}")
+    if follow:
+        typer.echo(_describe(_follow(labeler, status.id)))
+
+
+def status(
+    job_id: Annotated[Optional[int], typer.Argument(help="Job id (none: list recent jobs).")] = None,
+    watch: Annotated[bool, typer.Option(help="Follow the job with a progress bar until it finishes.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Counts, throughput and ETA of a job, or a table of recent jobs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from labeler.jobs import JobError
+
+    labeler = _labeler()
+    if job_id is None:
+        listed = labeler.list_jobs()
+        if as_json:
+            typer.echo(json.dumps([s.to_dict() for s in listed]))
+            return
+        table = Table("job", "status", "task", "total", "done", "failed", "cancelled", "items/s", "source")
+        for s in listed:
+            rate = f"{s.items_per_second:.1f}" if s.items_per_second else "-"
+            table.add_row(str(s.id), s.status, s.task, f"{s.total:,}", f"{s.done:,}", f"{s.failed:,}", f"{s.cancelled:,}", rate, s.source)
+        Console().print(table)
+        return
+    try:
+        current = _follow(labeler, job_id) if watch else labeler.status(job_id)
+    except JobError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(current.to_dict()))
+        return
+    typer.echo(_describe(current))
+    _print_failures(labeler, job_id)
+
+
+def _state_command(verb: str):
+    def command(job_id: JobId) -> None:
+        from labeler.jobs import JobError
+
+        labeler = _labeler()
+        try:
+            status = getattr(labeler, verb)(job_id)
+        except JobError as exc:
+            fail(str(exc))
+        typer.echo(_describe(status))
+
+    command.__doc__ = {
+        "pause": "Stop starting new batches of a job (running batches finish).",
+        "resume": "Queue the pending items of a paused job again.",
+        "cancel": "Cancel every unfinished item of a job.",
+    }[verb]
+    return command
+
+
+def retry_failed(job_id: JobId) -> None:
+    """Send a job's failed items through again."""
+    from labeler.jobs import JobError
+
+    labeler = _labeler()
+    try:
+        status, count = labeler.retry_failed(job_id)
+    except JobError as exc:
+        fail(str(exc))
+    typer.echo(f"{count:,} failed items queued again; {_describe(status)}")
+
+
+def export(
+    job_id: JobId,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl | coco | llava | label-studio")] = "jsonl",
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default: build/data/exports/job-N.<format>).")] = None,
+    include_unreviewed: Annotated[
+        bool, typer.Option(help="llava: also unreviewed predictions (default: reviewed labels only).")
+    ] = False,
+) -> None:
+    """Write a job's results as JSONL, COCO captions, LLaVA conversations or Label Studio tasks."""
+    from labeler.exports import SUFFIX, ExportError
+
+    labeler = _labeler()
+    target = out or _default_export(labeler, job_id, SUFFIX.get(fmt, ""))
+    try:
+        count = labeler.export(job_id, fmt, target, include_unreviewed=include_unreviewed)
+    except ExportError as exc:
+        fail(str(exc))
+    typer.echo(f"{count:,} records written to {target}")
+
+
+def _default_export(labeler, job_id: int, suffix: str) -> Path:
+    return Path(labeler.settings.data_dir) / "exports" / f"job-{job_id}{suffix}"
+
+
+def worker(
+    concurrency: Annotated[Optional[int], typer.Option(min=1, help="Processes (default: settings).")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a worker: processes batches from the queue until stopped (SIGTERM: finish the batch, then stop)."""
+    from engine.settings import get_settings
+    from labeler.db import open_database
+    from labeler.worker import start_worker
+
+    settings = get_settings()
+    open_database(settings.database_url)  # migrate before any child starts
+    start_worker(settings, concurrency=concurrency, loglevel=loglevel)
+
+
+def run(
+    source: Source,
+    task: Task = "caption",
+    instruction: Instruction = None,
+    schema: Schema = None,
+    option: Options = None,
+    unanswerable: Unanswerable = False,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = 0.0,
+    batch_size: BatchSize = None,
+    name: Name = None,
+    ext: Extensions = None,
+    out: Annotated[Optional[Path], typer.Option(help="Directory for the exports (default: build/data/exports).")] = None,
+) -> None:
+    """Submit SOURCE and process it to the end in this process, then print accuracy and exports."""
+    from engine.backend import EngineError
+    from labeler.worker import InProcessWorker, load_engine
+
+    labeler = _labeler()
+    spec = _spec(task, instruction, schema, option, unanswerable, max_new_tokens, temperature)
+    try:
+        engine = load_engine(labeler.settings)
+    except EngineError as exc:
+        fail(str(exc))
+    with InProcessWorker(labeler.settings, engine):
+        status = _submit(labeler, source, spec, name, batch_size, ext)
+        status = _follow(labeler, status.id)
+    typer.echo(_describe(status))
+    _print_failures(labeler, status.id)
+    score = labeler.accuracy(status.id)
+    if score is not None:
+        typer.echo(score.summary())
+    from labeler.exports import SUFFIX
+
+    folder = out or Path(labeler.settings.data_dir) / "exports"
+    for fmt in ("jsonl", "coco", "label-studio"):
+        target = folder / f"job-{status.id}{SUFFIX[fmt]}"
+        count = labeler.export(status.id, fmt, target)
+        typer.echo(f"export {fmt}: {target} ({count:,} records)")
+    typer.echo(f"after review: llava-labeler export {status.id} --format llava (reviewed labels for training)")
+
+
+def register(app: typer.Typer) -> None:
+    """Mount the job commands on the root CLI."""
+    app.command()(submit)
+    app.command()(status)
+    for verb in ("pause", "resume", "cancel"):
+        app.command(verb)(_state_command(verb))
+    app.command("retry-failed")(retry_failed)
+    app.command()(export)
+    app.command()(worker)
+    app.command()(run)

@@ -1,0 +1,379 @@
+"""Job lifecycle: submit, pause, resume, cancel, retry failed items, recover expired leases.
+
+Every function takes an open `Database` (and a Celery app where it enqueues) and returns
+plain values, so the CLI and the review console share them through `labeler.service`.
+State changes and counter moves happen in one transaction; enqueueing happens after
+the commit, and sending an item twice is harmless (workers claim items in the database).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import chain
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import delete, insert, select, update
+
+from engine.backend import GenerationOptions
+from engine.prompts import TASKS
+from engine.settings import Settings
+from labeler.batches import RUNNABLE, finish_job_if_complete
+from labeler.db import Database
+from labeler.models import (
+    CANCELLED,
+    CLAIMED,
+    COMPLETED,
+    FAILED,
+    PAUSED,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    SUBMITTING,
+    Item,
+    Job,
+    ModelVersion,
+    utcnow,
+)
+from labeler.queue import batched, enqueue
+from labeler.registry import serving_uri, version_for_uri
+from labeler.sources import IMAGE_EXTENSIONS, SourceError, iter_source
+
+INSERT_CHUNK = 5000
+ID_PAGE = 10_000
+FINISHED_JOB_STATES = (COMPLETED, CANCELLED)
+
+
+class JobError(ValueError):
+    """A job request that cannot be carried out; the message says why."""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's state and progress, as `status` prints it and the console shows it."""
+
+    id: int
+    name: str | None
+    source: str
+    task: str
+    status: str
+    model_version: str | None
+    total: int
+    done: int
+    failed: int
+    cancelled: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    items_per_second: float | None
+    eta_seconds: float | None
+
+    @property
+    def pending(self) -> int:
+        return self.total - self.done - self.failed - self.cancelled
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_JOB_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {key: getattr(self, key) for key in self.__dataclass_fields__}
+        out["pending"] = self.pending
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in out.items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec(GenerationOptions):
+    """What to ask of every item: the engine's options, stored with the job (task, instruction and
+    schema in their own columns, the rest as `generation`)."""
+
+    def check(self) -> None:
+        """Refuse a spec that no item could run with, before anything is written."""
+        from engine.structured import SchemaError, check_schema
+
+        if self.task not in TASKS:
+            raise JobError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
+        if self.task == "json":
+            if self.schema is None:
+                raise JobError("a json task needs a JSON schema (--schema)")
+            try:
+                check_schema(self.schema)
+            except SchemaError as exc:
+                raise JobError(str(exc)) from None
+        if self.task == "vqa" and not self.instruction:
+            return  # every item must then carry its own question (manifest "question")
+        try:
+            _ = self.prompt
+        except ValueError as exc:
+            raise JobError(str(exc)) from None
+
+    def generation(self) -> dict[str, Any]:
+        stored = self.option_fields()
+        for key in ("task", "instruction", "schema"):
+            stored.pop(key)
+        stored["options"] = list(self.options) if self.options else None
+        return stored
+
+
+def job_status(job: Job, model_version: str | None, now: datetime | None = None) -> JobStatus:
+    now = now or utcnow()
+    rate = eta = None
+    processed = job.done + job.failed
+    if job.started_at and processed:
+        elapsed = ((job.finished_at or now) - job.started_at).total_seconds()
+        rate = processed / elapsed if elapsed > 0 else None
+    remaining = job.total - job.done - job.failed - job.cancelled
+    if rate and job.status in (QUEUED, RUNNING):
+        eta = remaining / rate
+    return JobStatus(
+        id=job.id,
+        name=job.name,
+        source=job.source,
+        task=job.task,
+        status=job.status,
+        model_version=model_version,
+        total=job.total,
+        done=job.done,
+        failed=job.failed,
+        cancelled=job.cancelled,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        items_per_second=rate,
+        eta_seconds=eta,
+    )
+
+
+def _jobs_with_model_names():
+    return select(Job, ModelVersion.name).outerjoin(ModelVersion, Job.model_version_id == ModelVersion.id)
+
+
+def get_status(db: Database, job_id: int) -> JobStatus:
+    with db.read() as session:
+        row = session.execute(_jobs_with_model_names().where(Job.id == job_id)).first()
+    if row is None:
+        raise JobError(f"no job {job_id}")
+    return job_status(*row)
+
+
+def list_jobs(db: Database, *, limit: int = 50, offset: int = 0) -> list[JobStatus]:
+    with db.read() as session:
+        rows = session.execute(_jobs_with_model_names().order_by(Job.id.desc()).limit(limit).offset(offset)).all()
+    return [job_status(*row) for row in rows]
+
+
+def submit(
+    db: Database,
+    app: Celery,
+    settings: Settings,
+    source: str,
+    spec: JobSpec,
+    *,
+    name: str | None = None,
+    batch_size: int | None = None,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    progress: Callable[[int], None] | None = None,
+) -> JobStatus:
+    """Insert the job and its items (streamed, in chunks), then enqueue one task per batch."""
+    spec.check()
+    batch = batch_size or settings.labeler.batch_size
+    items = iter_source(source, settings.fetch, extensions=extensions, max_manifest_bytes=settings.labeler.max_manifest_bytes)
+    first = next(items, None)  # an unreadable source fails here, before a job exists
+    if first is None:
+        raise SourceError(f"no images found in {source} (extensions: {', '.join(extensions)})")
+    uri = serving_uri(settings.engine.model, settings.engine.url)
+    with db.write() as session:
+        job = Job(
+            name=name,
+            source=source,
+            task=spec.task,
+            instruction=spec.instruction,
+            schema=spec.schema,
+            generation=spec.generation(),
+            model_version_id=version_for_uri(session, uri).id,
+            batch_size=batch,
+            status=SUBMITTING,
+        )
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    try:
+        _insert_items(db, job_id, chain([first], items), progress)
+    except BaseException:  # a bad manifest line (or Ctrl-C) part-way: leave no half-submitted job behind
+        _discard(db, job_id)
+        raise
+    enqueue(app, job_id, pending_item_ids(db, job_id), batch, settings.labeler.queue)
+    with db.write() as session:
+        session.execute(update(Job).where(Job.id == job_id, Job.status == SUBMITTING).values(status=QUEUED))
+        finish_job_if_complete(session, job_id)
+    return get_status(db, job_id)
+
+
+def _insert_items(db: Database, job_id: int, items: Iterator, progress: Callable[[int], None] | None) -> None:
+    """Bulk-insert in chunks, each chunk and its counters in one transaction (a crash leaves a consistent job)."""
+    for chunk in batched(items, INSERT_CHUNK):
+        now = utcnow()
+        rows = [
+            {
+                "job_id": job_id,
+                "uri": item.uri,
+                "question": item.question,
+                "metadata": item.metadata or None,
+                "reference": item.reference,
+                "status": FAILED if item.error else PENDING,
+                "attempts": 0,
+                "error": item.error,
+                "finished_at": now if item.error else None,
+            }
+            for item in chunk
+        ]
+        refused = sum(1 for item in chunk if item.error)
+        with db.write() as session:
+            session.execute(insert(Item.__table__), rows)
+            session.execute(
+                update(Job).where(Job.id == job_id).values(total=Job.total + len(rows), failed=Job.failed + refused)
+            )
+        if progress:
+            progress(len(rows))
+
+
+def _discard(db: Database, job_id: int) -> None:
+    with db.write() as session:
+        session.execute(delete(Item).where(Item.job_id == job_id))
+        session.execute(delete(Job).where(Job.id == job_id))
+
+
+def pending_item_ids(db: Database, job_id: int) -> Iterator[int]:
+    """A job's pending item ids in id order, read page by page (keyset), never all at once."""
+    last = 0
+    while True:
+        with db.read() as session:
+            page = list(
+                session.scalars(
+                    select(Item.id)
+                    .where(Item.job_id == job_id, Item.status == PENDING, Item.id > last)
+                    .order_by(Item.id)
+                    .limit(ID_PAGE)
+                )
+            )
+        if not page:
+            return
+        yield from page
+        last = page[-1]
+
+
+def _change_state(db: Database, job_id: int, allowed: tuple[str, ...], new: str, verb: str) -> Job:
+    with db.write() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobError(f"no job {job_id}")
+        if job.status not in allowed:
+            raise JobError(f"cannot {verb} job {job_id}: it is {job.status}")
+        job.status = new
+        return job
+
+
+def pause(db: Database, job_id: int) -> JobStatus:
+    """Stop starting batches of the job (batches already running finish)."""
+    _change_state(db, job_id, RUNNABLE, PAUSED, "pause")
+    return get_status(db, job_id)
+
+
+def resume(db: Database, app: Celery, settings: Settings, job_id: int) -> JobStatus:
+    """Run a paused job again: every pending item is sent out (also repairs a job whose enqueue broke off)."""
+    job = _change_state(db, job_id, (PAUSED, *RUNNABLE), QUEUED, "resume")
+    enqueue(app, job_id, pending_item_ids(db, job_id), job.batch_size, settings.labeler.queue)
+    with db.write() as session:
+        finish_job_if_complete(session, job_id)
+    return get_status(db, job_id)
+
+
+def cancel(db: Database, job_id: int) -> JobStatus:
+    """Cancel every item not yet finished; results of batches in flight are discarded."""
+    with db.write() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobError(f"no job {job_id}")
+        if job.status in FINISHED_JOB_STATES:
+            raise JobError(f"cannot cancel job {job_id}: it is {job.status}")
+        result = session.execute(
+            update(Item)
+            .where(Item.job_id == job_id, Item.status.in_((PENDING, CLAIMED)))
+            .values(status=CANCELLED, lease_owner=None, lease_expires_at=None, finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        job.cancelled += result.rowcount
+        job.status = CANCELLED
+        job.finished_at = utcnow()
+    return get_status(db, job_id)
+
+
+def retry_failed(db: Database, app: Celery, settings: Settings, job_id: int) -> tuple[JobStatus, int]:
+    """Send the job's failed items through again; returns the status and how many were reset."""
+    with db.write() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobError(f"no job {job_id}")
+        if job.status == CANCELLED:
+            raise JobError(f"cannot retry job {job_id}: it is cancelled")
+        ids = list(
+            session.scalars(
+                update(Item)
+                .where(Item.job_id == job_id, Item.status == FAILED)
+                .values(status=PENDING, attempts=0, error=None, finished_at=None)
+                .returning(Item.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        job.failed -= len(ids)
+        if ids and job.status == COMPLETED:
+            job.status, job.finished_at = QUEUED, None
+        paused = job.status == PAUSED
+        batch_size = job.batch_size
+    if ids and not paused:
+        enqueue(app, job_id, sorted(ids), batch_size, settings.labeler.queue)
+    return get_status(db, job_id), len(ids)
+
+
+def requeue_expired(db: Database, app: Celery, settings: Settings) -> int:
+    """Hand items whose worker lease ran out (a killed worker) back to the queue; returns how many."""
+    with db.write() as session:
+        rows = session.execute(
+            update(Item)
+            .where(Item.status == CLAIMED, Item.lease_expires_at < utcnow())
+            .values(status=PENDING, lease_owner=None, lease_expires_at=None)
+            .returning(Item.job_id, Item.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        if not rows:
+            return 0
+        runnable = select(Job).where(Job.id.in_({job_id for job_id, _ in rows}), Job.status.in_(RUNNABLE))
+        jobs = {job.id: job.batch_size for job in session.scalars(runnable)}
+    by_job: dict[int, list[int]] = {}
+    for job_id, item_id in rows:
+        by_job.setdefault(job_id, []).append(item_id)
+    for job_id, ids in by_job.items():
+        if job_id in jobs:
+            enqueue(app, job_id, sorted(ids), jobs[job_id], settings.labeler.queue)
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class FailedItem:
+    id: int
+    uri: str
+    error: str | None
+
+
+def failed_items(db: Database, job_id: int, *, limit: int = 20) -> list[FailedItem]:
+    with db.read() as session:
+        rows = session.execute(
+            select(Item.id, Item.uri, Item.error)
+            .where(Item.job_id == job_id, Item.status == FAILED)
+            .order_by(Item.id)
+            .limit(limit)
+        ).all()
+    return [FailedItem(*row) for row in rows]
+

@@ -1,0 +1,174 @@
+"""The labeler's tables: jobs, their items, predictions, reviews and model versions.
+
+One schema for SQLite (the embedded default) and PostgreSQL (a cluster); Alembic
+migrations in `labeler/migrations` create it. The indexes are chosen for the queries
+that run at millions of items: a job's items by status in id order (claiming, resuming,
+retrying, exporting), running items by lease expiry (recovering a killed worker's
+items), and a job's unreviewed predictions by confidence (the review queue). Status
+counts are counters on the job row, updated in the same transaction as the items.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    false,
+)
+from sqlalchemy import text as sql
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Job states. `submitting` until every batch is enqueued; the finished states are final.
+SUBMITTING, QUEUED, RUNNING, PAUSED, COMPLETED, CANCELLED = "submitting", "queued", "running", "paused", "completed", "cancelled"
+JOB_STATES = (SUBMITTING, QUEUED, RUNNING, PAUSED, COMPLETED, CANCELLED)
+ACTIVE_JOB_STATES = (QUEUED, RUNNING)
+# Item states: every item ends in exactly one of the terminal ones.
+PENDING, CLAIMED, DONE, FAILED = "pending", "running", "done", "failed"
+ITEM_TERMINAL = (DONE, FAILED, CANCELLED)
+DECISIONS = ("accept", "edit", "reject")
+MODEL_STATES = ("candidate", "active", "retired")
+
+Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite only auto-increments INTEGER PRIMARY KEY
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC in Python on both databases (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ModelVersion(Base):
+    """A model that produced (or may produce) predictions; training registers and promotes them."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    uri: Mapped[str] = mapped_column(Text)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(Text)
+    task: Mapped[str] = mapped_column(String(16))
+    instruction: Mapped[str | None] = mapped_column(Text)
+    schema: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    generation: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    batch_size: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=SUBMITTING, index=True)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    cancelled: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Item(Base):
+    __tablename__ = "items"
+    __table_args__ = (
+        Index("ix_items_job_status_id", "job_id", "status", "id"),
+        Index(
+            "ix_items_running_lease",
+            "lease_expires_at",
+            sqlite_where=sql("status = 'running'"),
+            postgresql_where=sql("status = 'running'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    uri: Mapped[str] = mapped_column(Text)
+    question: Mapped[str | None] = mapped_column(Text)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", Json)
+    reference: Mapped[Any] = mapped_column(Json, nullable=True)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(36))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Prediction(Base):
+    """One model's answer for one item and prompt; re-running a batch updates, never duplicates."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("item_id", "model_version_id", "prompt_hash", name="uq_predictions_item_model_prompt"),
+        Index("ix_predictions_review_queue", "job_id", "reviewed", "confidence"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"))
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    prompt_hash: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    output_json: Mapped[Any] = mapped_column("json", Json, nullable=True)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    tokens: Mapped[int] = mapped_column(Integer)
+    finish_reason: Mapped[str] = mapped_column(String(16))
+    latency_ms: Mapped[float] = mapped_column(Float)
+    reviewed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    review_lease_owner: Mapped[str | None] = mapped_column(String(200))
+    review_lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Review(Base):
+    """A person's decision on a prediction; one per prediction (the latest decision wins)."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"), unique=True)
+    decision: Mapped[str] = mapped_column(String(16))
+    output: Mapped[Any] = mapped_column(Json, nullable=True)
+    reviewer: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

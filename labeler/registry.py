@@ -1,0 +1,79 @@
+"""Model versions: which model produced a prediction, and which one is active.
+
+Training registers a finetuned model as a `candidate` and promotes it to `active`
+(retiring the previous one). Workers record every prediction under the version they
+actually serve: the one registered at their engine's URI, or, when nobody registered
+it, a version created on first use whose name is that URI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from labeler.db import dialect_insert
+from labeler.models import MODEL_STATES, ModelVersion
+
+
+class RegistryError(ValueError):
+    """A model-version request that cannot be met (unknown name, bad status)."""
+
+
+def serving_uri(engine_model: str, engine_url: str | None) -> str:
+    """What identifies the model a worker serves: the predictor URL, or the checkpoint."""
+    return engine_url or engine_model
+
+
+def version_for_uri(session: Session, uri: str) -> ModelVersion:
+    """The version registered at `uri` (newest first), creating one named after the URI if none."""
+    found = session.scalars(select(ModelVersion).where(ModelVersion.uri == uri).order_by(ModelVersion.id.desc())).first()
+    if found:
+        return found
+    insert = dialect_insert(session)(ModelVersion).values(name=uri, uri=uri, status="candidate")
+    session.execute(insert.on_conflict_do_nothing(index_elements=["name"]))
+    return session.scalars(select(ModelVersion).where(ModelVersion.name == uri)).one()
+
+
+def register(
+    session: Session,
+    name: str,
+    uri: str,
+    *,
+    parent: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    status: str = "candidate",
+) -> ModelVersion:
+    if status not in MODEL_STATES:
+        raise RegistryError(f"unknown model status {status!r}; expected one of {', '.join(MODEL_STATES)}")
+    if session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first():
+        raise RegistryError(f"a model version named {name!r} already exists")
+    parent_id = get(session, parent).id if parent else None
+    version = ModelVersion(name=name, uri=uri, parent_id=parent_id, metrics=metrics, status=status)
+    session.add(version)
+    session.flush()
+    if status == "active":
+        _retire_others(session, version.id)
+    return version
+
+
+def get(session: Session, name: str) -> ModelVersion:
+    version = session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first()
+    if version is None:
+        raise RegistryError(f"no model version named {name!r}")
+    return version
+
+
+def promote(session: Session, name: str) -> ModelVersion:
+    """Make `name` the active version; the previously active one is retired."""
+    version = get(session, name)
+    version.status = "active"
+    _retire_others(session, version.id)
+    return version
+
+
+def _retire_others(session: Session, keep: int) -> None:
+    session.execute(
+        update(ModelVersion).where(ModelVersion.status == "active", ModelVersion.id != keep).values(status="retired")
+    )

@@ -1,0 +1,167 @@
+"""Worker processes: the Celery task, one engine per process, lease recovery, metrics.
+
+`start_worker` is what `llava-labeler worker` runs: a prefork Celery worker whose
+children each load the engine once (on their first batch) and process batches through
+`BatchProcessor`; the parent serves Prometheus metrics and runs the lease sweeper
+(`requeue_expired`) every few seconds, which resends the items of a worker that died
+and the items waiting out a retry backoff. `InProcessWorker` runs the same task in a
+thread of the calling process (`llava-labeler run`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from functools import cache
+
+from celery import Celery, signals
+from celery.worker import WorkController
+
+from engine.backend import Backend
+from engine.settings import Settings
+from labeler import jobs
+from labeler.batches import BatchProcessor, BatchResult
+from labeler.db import open_database
+from labeler.queue import TASK_NAME, make_celery
+
+log = logging.getLogger(__name__)
+
+
+def load_engine(settings: Settings) -> Backend:
+    """The engine a worker uses: the remote predictor when engine.url is set, else in-process (the one place)."""
+    from engine.backend import load_backend
+
+    return load_backend(
+        settings.engine.model,
+        url=settings.engine.url,
+        device=settings.engine.device,
+        dtype=settings.engine.dtype,
+        max_batch_size=settings.engine.max_batch_size,
+        image_limits=settings.images,
+    )
+
+
+@cache
+def _process_processor(settings_json: str, pid: int) -> BatchProcessor:
+    """This worker process's processor, its engine loaded once (at process start, see start_worker)."""
+    settings = Settings.model_validate_json(settings_json)
+    engine = load_engine(settings)
+    return BatchProcessor(open_database(settings.database_url), settings, lambda: engine)
+
+
+def make_app(
+    settings: Settings,
+    processor: Callable[[], BatchProcessor],
+    on_batch: Callable[[BatchResult, float], None] | None = None,
+) -> Celery:
+    """A Celery app with the batch task registered (`on_batch(result, seconds)` observes each batch)."""
+    app = make_celery(settings)
+
+    @app.task(name=TASK_NAME, ignore_result=True, shared=False, lazy=False)  # this app only
+    def process_batch(job_id: int, item_ids: list[int]) -> dict:
+        started = time.perf_counter()
+        result = processor().process(job_id, item_ids)
+        if on_batch:
+            on_batch(result, time.perf_counter() - started)
+        log.info("job %s batch of %d: %s", job_id, len(item_ids), result)
+        return vars(result)
+
+    return app
+
+
+class Sweeper(threading.Thread):
+    """Resends expired leases (dead workers' items, retry backoffs) every `period` seconds."""
+
+    def __init__(self, app: Celery, settings: Settings):
+        super().__init__(name="lease-sweeper", daemon=True)
+        self.app, self.settings = app, settings
+        self.period = max(0.5, min(5.0, settings.labeler.visibility_timeout_s / 4, settings.labeler.retry_backoff_s or 5.0))
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        db = open_database(self.settings.database_url)
+        while not self.stopped.wait(self.period):
+            try:
+                if count := jobs.requeue_expired(db, self.app, self.settings):
+                    log.warning("resent %d items whose lease expired", count)
+            except Exception:  # a database or broker hiccup must not end recovery for good
+                log.exception("lease sweep failed; trying again in %.1f s", self.period)
+
+
+def start_worker(settings: Settings, *, concurrency: int | None = None, loglevel: str = "INFO") -> None:
+    """Run a prefork worker until it is stopped (the `worker` command)."""
+    port = settings.labeler.metrics_port
+    on_batch = None
+    if port:
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="labeler-metrics-"))
+        from labeler import metrics
+
+        metrics.serve(port, open_database(settings.database_url))
+        on_batch = metrics.observe
+        signals.worker_process_shutdown.connect(lambda pid=None, **_: metrics.child_exited(pid or os.getpid()), weak=False)
+    settings_json = settings.model_dump_json()
+
+    def processor() -> BatchProcessor:
+        return _process_processor(settings_json, os.getpid())
+
+    # Load the engine as each child starts: a model that cannot load stops the child with the
+    # reason in the log before it takes any message, instead of failing items.
+    signals.worker_process_init.connect(lambda **_: processor(), weak=False)
+    app = make_app(settings, processor, on_batch)
+    sweeper = Sweeper(app, settings)
+    signals.worker_ready.connect(lambda **_: sweeper.start(), weak=False)
+    signals.worker_shutdown.connect(lambda **_: sweeper.stopped.set(), weak=False)
+    app.worker_main(
+        [
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={concurrency or settings.labeler.worker_concurrency}",
+            f"--loglevel={loglevel}",
+            f"--queues={settings.labeler.queue}",
+            f"--hostname=labeler-{os.getpid()}@{socket.gethostname()}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
+
+
+class InProcessWorker:
+    """The batch task in a thread of this process (solo pool), plus the sweeper: `run` uses it."""
+
+    def __init__(self, settings: Settings, engine: Backend):
+        processor = BatchProcessor(open_database(settings.database_url), settings, lambda: engine)
+        self.app = make_app(settings, lambda: processor)
+        self.sweeper = Sweeper(self.app, settings)
+        self.controller = WorkController(
+            app=self.app,
+            pool="solo",
+            concurrency=1,
+            queues=[settings.labeler.queue],
+            hostname=f"labeler-run-{os.getpid()}@{socket.gethostname()}",
+            loglevel="WARNING",
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+        )
+        self.thread = threading.Thread(target=self._serve, name="celery-worker", daemon=True)
+
+    def _serve(self) -> None:
+        self.app.set_current()  # Celery looks tasks up on the thread's current app
+        self.controller.start()
+
+    def __enter__(self) -> "InProcessWorker":
+        self.thread.start()
+        self.sweeper.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sweeper.stopped.set()
+        self.controller.stop(in_sighandler=False)
+        self.thread.join(timeout=30)
+

@@ -1,0 +1,221 @@
+"""Sources: directories, globs, JSONL manifests (file, http, fsspec), the path guard and the SSRF guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from engine.settings import FetchPolicy, Settings
+from labeler.reading import ReadError, read_image_bytes
+from labeler.sources import SourceError, iter_source
+
+OPEN = FetchPolicy(allow_private=True, timeout_s=5)
+
+
+def _uris(items) -> list[str]:
+    return [item.uri for item in items]
+
+
+def _manifest(path: Path, lines: list) -> Path:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A real HTTP server on 127.0.0.1 serving a directory: (directory, base URL)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_directory_is_walked_recursively_by_extension(mixed_folder) -> None:
+    folder, _ = mixed_folder
+    uris = _uris(iter_source(str(folder), FetchPolicy()))
+    names = [Path(uri).name for uri in uris]
+    assert sorted(names) == sorted(
+        ["good-0.png", "good-1.png", "good-2.png", "good-3.png", "good-4.png", "good-5.PNG", "truncated.png", "empty.jpg", "notes-renamed.png"]
+    )
+    assert "readme.txt" not in names
+    assert all(Path(uri).is_absolute() for uri in uris)
+    assert uris == _uris(iter_source(str(folder), FetchPolicy())), "the order must be stable"
+    only_jpg = _uris(iter_source(str(folder), FetchPolicy(), extensions=(".jpg",)))
+    assert [Path(u).name for u in only_jpg] == ["empty.jpg"]
+
+
+def test_glob(mixed_folder) -> None:
+    folder, _ = mixed_folder
+    names = [Path(u).name for u in _uris(iter_source(f"{folder}/**/good-*", FetchPolicy()))]
+    assert sorted(names) == ["good-0.png", "good-1.png", "good-2.png", "good-3.png", "good-4.png", "good-5.PNG"]
+
+
+def test_symlink_out_of_a_listed_directory_fails_its_item(tmp_path: Path, png) -> None:
+    secret = tmp_path / "outside" / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes(png(1))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "ok.png").write_bytes(png(2))
+    (folder / "link.png").symlink_to(secret)
+    items = {Path(item.uri).name: item for item in iter_source(str(folder), FetchPolicy())}
+    assert items["ok.png"].error is None
+    assert "outside the allowed roots" in items["link.png"].error
+
+
+def test_manifest_with_questions_metadata_and_references(tmp_path: Path, png) -> None:
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(png(1))
+    manifest = _manifest(
+        tmp_path / "m.jsonl",
+        [
+            {"image": "imgs/a.png", "question": "What color?", "metadata": {"shot": 3}, "reference": "red", "split": "eval"},
+            "",
+            {"image": str(tmp_path / "imgs" / "a.png"), "reference": {"shape": "circle"}},
+            {"image": "https://images.example.com/x.png"},
+        ],
+    )
+    items = list(iter_source(str(manifest), FetchPolicy()))
+    assert [i.uri for i in items] == [str(tmp_path / "imgs" / "a.png")] * 2 + ["https://images.example.com/x.png"]
+    assert items[0].question == "What color?"
+    assert items[0].metadata == {"shot": 3, "split": "eval"}
+    assert items[0].reference == "red" and items[1].reference == {"shape": "circle"}
+    assert all(item.error is None for item in items)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["../secret.png", "imgs/../../secret.png", "/etc/passwd", "file:///etc/passwd", "imgs/escape/secret.png"],
+)
+def test_manifest_paths_cannot_escape_the_manifest_directory(tmp_path: Path, png, entry: str) -> None:
+    (tmp_path / "secret.png").write_bytes(png(9))
+    data = tmp_path / "data"
+    (data / "imgs").mkdir(parents=True)
+    (data / "imgs" / "escape").symlink_to(tmp_path)  # a symlinked directory leading out
+    manifest = _manifest(data / "m.jsonl", [{"image": entry}, {"image": "imgs/../imgs/ok.png"}])
+    refused, allowed = list(iter_source(str(manifest), FetchPolicy()))
+    assert refused.error and "outside the allowed roots" in refused.error and str(data) in refused.error
+    assert allowed.error is None and allowed.uri == str(data / "imgs" / "ok.png")
+
+
+def test_allowed_roots_widen_the_guard(tmp_path: Path, png) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "x.png").write_bytes(png(1))
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    manifest = _manifest(manifests / "m.jsonl", [{"image": "../shared/x.png"}, {"image": "/etc/hostname"}])
+    policy = FetchPolicy(allowed_roots=[shared])
+    inside, outside = list(iter_source(str(manifest), policy))
+    assert inside.error is None and inside.uri == str(shared / "x.png")
+    assert "outside the allowed roots" in outside.error
+
+
+def test_a_symlink_that_appears_after_submit_is_refused_at_read_time(tmp_path: Path, png) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(png(1))
+    (item,) = iter_source(str(image), FetchPolicy())
+    settings = Settings()
+    assert read_image_bytes(item.uri, settings) == png(1)
+    image.unlink()
+    image.symlink_to("/etc/hostname")
+    with pytest.raises(ReadError, match="a symlink appeared after submit"):
+        read_image_bytes(item.uri, settings)
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("{not json", "line 2: not valid JSON"),
+        ('{"question": "no image"}', 'line 2: needs an object with an "image"'),
+        ('["a.png"]', 'line 2: needs an object with an "image"'),
+        ('{"image": "a.png", "question": 3}', 'line 2: "question" must be a string'),
+        ('{"image": "a.png", "metadata": [1]}', 'line 2: "metadata" must be an object'),
+    ],
+)
+def test_malformed_manifest_lines_name_the_line(tmp_path: Path, line: str, words: str) -> None:
+    manifest = _manifest(tmp_path / "m.jsonl", [{"image": "ok.png"}, line])
+    with pytest.raises(SourceError, match=words):
+        list(iter_source(str(manifest), FetchPolicy()))
+
+
+def test_missing_source(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="source not found"):
+        list(iter_source(str(tmp_path / "nope"), FetchPolicy()))
+    with pytest.raises(SourceError, match="cannot read manifest"):
+        list(iter_source(str(tmp_path / "nope.jsonl"), FetchPolicy()))
+
+
+def test_http_manifest_resolves_entries_against_its_url(http_root, png) -> None:
+    root, base = http_root
+    (root / "imgs").mkdir()
+    (root / "imgs" / "a.png").write_bytes(png(3))
+    _manifest(root / "m.jsonl", [{"image": "imgs/a.png", "reference": "x"}, {"image": "/etc/passwd"}])
+    items = list(iter_source(f"{base}/m.jsonl", OPEN))
+    assert [i.uri for i in items] == [f"{base}/imgs/a.png", f"{base}/etc/passwd"]  # never a local path
+    settings = Settings(fetch=OPEN)
+    assert read_image_bytes(items[0].uri, settings) == png(3)
+    with pytest.raises(ReadError, match="HTTP 404"):
+        read_image_bytes(items[1].uri, settings)
+
+
+def test_ssrf_guard_refuses_internal_urls_by_default(http_root, png) -> None:
+    root, base = http_root
+    (root / "a.png").write_bytes(png(3))
+    _manifest(root / "m.jsonl", [{"image": "a.png"}])
+    with pytest.raises(SourceError, match="127.0.0.1, a loopback address"):
+        list(iter_source(f"{base}/m.jsonl", FetchPolicy()))
+    with pytest.raises(ReadError, match="loopback address"):
+        read_image_bytes(f"{base}/a.png", Settings())
+    with pytest.raises(ReadError, match="link-local address"):
+        read_image_bytes("http://169.254.169.254/latest/meta-data/iam", Settings())
+
+
+def test_image_size_limit_on_every_scheme(tmp_path: Path, http_root) -> None:
+    root, base = http_root
+    big = b"\x89PNG" + b"0" * 5000
+    (root / "big.png").write_bytes(big)
+    (tmp_path / "big.png").write_bytes(big)
+    settings = Settings(fetch=OPEN, images={"max_bytes": 1000})
+    with pytest.raises(ReadError, match="over the 1,000-byte limit"):
+        read_image_bytes(f"{base}/big.png", settings)
+    with pytest.raises(ReadError, match="over the 1,000-byte image limit"):
+        read_image_bytes(str(tmp_path / "big.png"), settings)
+
+
+def test_fsspec_prefix_glob_and_manifest(png) -> None:
+    fs = fsspec.filesystem("memory")
+    prefix = f"/bucket-{os.getpid()}"
+    fs.pipe(f"{prefix}/a/1.png", png(1))
+    fs.pipe(f"{prefix}/a/b/2.jpg", png(2))
+    fs.pipe(f"{prefix}/a/notes.txt", b"text")
+    fs.pipe(f"{prefix}/m.jsonl", b'{"image": "a/1.png", "question": "q?"}\n{"image": "s3://other/x.png"}\n')
+    try:
+        listed = _uris(iter_source(f"memory://{prefix}/a", FetchPolicy()))
+        assert listed == [f"memory://{prefix}/a/1.png", f"memory://{prefix}/a/b/2.jpg"]
+        assert _uris(iter_source(f"memory://{prefix}/a/**/*.jpg", FetchPolicy())) == [f"memory://{prefix}/a/b/2.jpg"]
+        items = list(iter_source(f"memory://{prefix}/m.jsonl", FetchPolicy()))
+        assert [i.uri for i in items] == [f"memory://{prefix}/a/1.png", "s3://other/x.png"]
+        assert items[0].question == "q?"
+        assert read_image_bytes(listed[0], Settings()) == png(1)
+    finally:
+        fs.rm(prefix, recursive=True)
+
+
+def test_remote_store_without_its_driver_says_what_to_install() -> None:
+    with pytest.raises(SourceError, match="s3fs"):
+        list(iter_source("s3://bucket/prefix/", FetchPolicy()))
