@@ -1,0 +1,1 @@
+"""The console's pages: scripts that Streamlit runs through st.navigation (ui/app.py), never imported."""
