@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-
 NAMESPACE = "labeling"
 LABELS = {"app.kubernetes.io/name": "llava-labeler", "app.kubernetes.io/instance": "llava-labeler"}
 CREDENTIAL_ENV = re.compile(r"PASSWORD|SECRET|TOKEN|DATABASE_URL|BROKER_URL|REDISCLI_AUTH")

@@ -1,0 +1,149 @@
+"""`data shapes`: LLaVA-format files, prompts from engine.prompts, a held-out split with ground truth."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from engine import prompts
+from engine.structured import GrammarCache
+from labeler.cli import app
+from training.shapes_data import QUESTION_TYPES
+from training.world import COLOURS, SHAPES, shapes_schema
+
+SHORT = "\n" + prompts.SHORT_ANSWER
+
+
+def _load(directory: Path, name: str):
+    return json.loads((directory / name).read_text())
+
+
+def test_cli_writes_the_same_data_set_for_the_same_seed(tmp_path):
+    runner = CliRunner()
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        result = runner.invoke(app, ["data", "shapes", "--out", str(tmp_path / name), "--n", "12", "--seed", str(seed), "--n-eval", "3"])
+        assert result.exit_code == 0, result.output
+    for name in ("pretrain.json", "finetune.json", "text.json", "eval.json", "scenes.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        assert (tmp_path / "a" / name).read_bytes() != (tmp_path / "c" / name).read_bytes()
+    images = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert len(images) == 15
+    assert all((tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in images)
+    # Growing n keeps the first images: each has its own random stream.
+    runner.invoke(app, ["data", "shapes", "--out", str(tmp_path / "d"), "--n", "20", "--seed", "5", "--n-eval", "3"])
+    assert _load(tmp_path / "d", "pretrain.json")[:12] == _load(tmp_path / "a", "pretrain.json")
+    assert json.loads((tmp_path / "a" / "schema.json").read_text()) == shapes_schema()
+
+
+def _check_llava_record(record, images: Path):
+    assert set(record) == {"id", "image", "conversations"}
+    assert (images / record["image"]).is_file()
+    turns = record["conversations"]
+    assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+    assert turns[0]["value"].startswith(prompts.IMAGE_TOKEN + "\n")
+    assert sum(t["value"].count(prompts.IMAGE_TOKEN) for t in turns) == 1
+
+
+def test_stage1_captions_state_the_ground_truth(shapes_dir):
+    scenes = {s["image"]: s for s in _load(shapes_dir, "scenes.json")}
+    for record in _load(shapes_dir, "pretrain.json"):
+        _check_llava_record(record, shapes_dir / "images")
+        human, caption = (t["value"] for t in record["conversations"])
+        scene = scenes[record["image"]]
+        assert f"{scene['colour']} {scene['shape']}" in caption
+        assert human.removeprefix("<image>\n") == prompts.build_instruction("caption", human.removeprefix("<image>\n"))
+
+
+def test_stage2_mix_uses_the_papers_prompts_and_is_consistent_with_the_truth(shapes_dir):
+    scenes = {s["image"]: s for s in _load(shapes_dir, "scenes.json")}
+    records = _load(shapes_dir, "finetune.json")
+    assert any(len(r["conversations"]) > 2 for r in records) and any(len(r["conversations"]) == 2 for r in records)
+    schema_prompt = prompts.JSON_ANSWER.format(schema=prompts.schema_text(shapes_schema()))
+    seen = Counter()
+    for record in records:
+        _check_llava_record(record, shapes_dir / "images")
+        truth = scenes[record["image"]]
+        turns = record["conversations"]
+        for human, gpt in zip(turns[::2], turns[1::2]):
+            question, answer = human["value"].removeprefix("<image>\n"), gpt["value"]
+            if question.endswith(schema_prompt):
+                seen["json"] += 1
+                assert json.loads(answer) == {"shape": truth["shape"], "color": truth["colour"], "count": truth["count"], "position": truth["position"]}
+                assert question == prompts.build_instruction("json", question.split("\n")[0], schema=shapes_schema())
+            elif question.endswith(prompts.MULTIPLE_CHOICE):
+                seen["mc"] += 1
+                lines = question.split("\n")
+                options = [line[3:] for line in lines[1:-1]]
+                assert question == prompts.multiple_choice(lines[0], options)
+                assert options[prompts.OPTION_LETTERS.index(answer)] in (truth["shape"], truth["colour"], str(truth["count"]))
+            else:
+                assert question.endswith(SHORT)
+                seen["short"] += 1
+                if question.startswith("Is there"):
+                    seen[answer] += 1
+                    assert answer in ("Yes", "No")
+                    named = question.removeprefix("Is there ").removesuffix(" in the image?" + SHORT).split()[1:]
+                    present = all(word in (truth["shape"], truth["colour"], "object") for word in named)
+                    assert (answer == "Yes") == present, question
+                elif question.startswith("How many"):
+                    assert answer == str(truth["count"])
+    assert seen["json"] and seen["mc"] and seen["short"] and seen["Yes"] and seen["No"]
+
+
+def test_eval_split_has_every_question_type_with_ground_truth(shapes_dir):
+    items = _load(shapes_dir, "eval.json")
+    train_images = {r["image"] for r in _load(shapes_dir, "finetune.json")}
+    assert not {i["image"] for i in items} & train_images  # held out
+    assert len({i["id"] for i in items}) == len(items)
+    kinds = Counter(i["type"] for i in items)
+    assert set(kinds) == set(QUESTION_TYPES) and kinds["pope"] == 2 * 6
+    assert Counter(i["label"] for i in items if i["type"] == "pope") == {"yes": 6, "no": 6}
+    for item in items:
+        if item["type"] in ("color", "shape", "count", "position"):
+            assert item["answers"] == [item["answer"]] * 10
+            field = {"color": "color", "shape": "shape", "count": "count", "position": "position"}[item["type"]]
+            assert item["answer"] == str(item["truth"][field])
+        if item["type"] == "json":
+            assert item["schema"] == shapes_schema() and json.loads(item["answer"]) == item["truth"]
+    assert {i["truth"]["color"] for i in items} <= set(COLOURS) and {i["truth"]["shape"] for i in items} <= set(SHAPES)
+
+
+def test_json_answers_are_what_constrained_decoding_can_produce(shapes_dir, tiny_model_dir):
+    """The answer text (key order, separators) is a path xgrammar allows under the engine's settings."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    grammar = GrammarCache(tokenizer, len(tokenizer))
+    for item in [i for i in _load(shapes_dir, "eval.json") if i["type"] == "json"]:
+        matcher = grammar.matcher(item["schema"])
+        ids = tokenizer(item["answer"] + tokenizer.eos_token)["input_ids"]
+        assert all(matcher.accept_token(token) for token in ids)
+        assert matcher.is_terminated()
+
+
+def test_text_only_conversations_put_the_caption_where_the_image_goes(shapes_dir):
+    records = _load(shapes_dir, "text.json")
+    captions = {r["image"]: r["conversations"][1]["value"] for r in _load(shapes_dir, "pretrain.json")}
+    mixes = _load(shapes_dir, "finetune.json")
+    assert len(records) == len(mixes)
+    for record, mix in zip(records, mixes):
+        assert "image" not in record and "<image>" not in json.dumps(record)
+        first, copy = record["conversations"][0]["value"], record["conversations"][1]["value"]
+        caption = captions[mix["image"]]
+        assert first.startswith(caption + "\n") and copy == caption  # describe what was described
+        assert [t["from"] for t in record["conversations"]] == ["human", "gpt"] * (len(record["conversations"]) // 2)
+
+
+def test_eval_manifests_are_labeler_jobs_with_the_ground_truth(shapes_dir):
+    scenes = {s["image"]: s for s in json.loads((shapes_dir / "scenes.json").read_text()) if s["split"] == "eval"}
+    captions = [json.loads(line) for line in (shapes_dir / "eval-caption.jsonl").read_text().splitlines()]
+    answers = [json.loads(line) for line in (shapes_dir / "eval-json.jsonl").read_text().splitlines()]
+    assert len(captions) == len(answers) == len(scenes)
+    for line in captions + answers:
+        assert (shapes_dir / line["image"]).is_file()
+    for line in answers:
+        scene = scenes[line["image"].removeprefix("images/")]
+        assert line["reference"] == {k: scene[k] for k in ("shape", "count", "position")} | {"color": scene["colour"]}
+        assert line["question"]
+    assert all(scenes[c["image"].removeprefix("images/")]["shape"] in c["reference"] for c in captions)

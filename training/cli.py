@@ -1,0 +1,168 @@
+"""Training commands of the `llava-labeler` CLI: `data shapes`, `train`, `eval`, `demo-model`.
+
+Heavy imports (torch, transformers) happen inside the commands, so `llava-labeler
+--help` stays fast. Errors a person must fix end in one line via `engine.cli.fail`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from engine.cli import fail
+
+data_app = typer.Typer(help="Build training and evaluation data.", no_args_is_help=True)
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out: Annotated[Path, typer.Option(help="Directory to write images/, pretrain.json, finetune.json, eval.json.")],
+    n: Annotated[int, typer.Option(min=1, help="Training images.")] = 10000,
+    seed: Annotated[int, typer.Option(help="Same seed, same data set.")] = 0,
+    n_eval: Annotated[int, typer.Option(min=0, help="Held-out evaluation images.")] = 200,
+    noise: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of images with background noise.")] = 0.3,
+) -> None:
+    """Render the shapes world: stage-1 captions, the stage-2 instruction mix and a held-out eval split."""
+    from rich.progress import Progress
+
+    from training.shapes_data import write_dataset
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("rendering", total=n + n_eval)
+        counts = write_dataset(out, n, seed, n_eval=n_eval, noise_fraction=noise, progress=lambda k: bar.advance(task, k))
+    typer.echo(f"shapes world written to {out}: {json.dumps(counts)}")
+
+
+def train(
+    stage: Annotated[str, typer.Option(help="pretrain (stage 1: projector only) | finetune (stage 2: projector + LLM).")],
+    model: Annotated[str, typer.Option(help="Checkpoint to start from (llava-hf format dir or hub id).")],
+    data: Annotated[Path, typer.Option(help="LLaVA conversation JSON (or JSONL).")],
+    out: Annotated[Path, typer.Option(help="Where the trained checkpoint goes.")],
+    images: Annotated[Optional[Path], typer.Option(help="Directory the records' image paths are relative to.")] = None,
+    lora: Annotated[bool, typer.Option(help="Stage 2 with LoRA on the LLM (paper: r 128, alpha 256, lr 2e-4).")] = False,
+    lora_r: int = 128,
+    lora_alpha: int = 256,
+    merge_lora: Annotated[bool, typer.Option(help="Merge LoRA into the weights (else save the adapter).")] = True,
+    train_vision_tower: Annotated[bool, typer.Option(help="Also train the CLIP tower (models trained from scratch).")] = False,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: the paper's for the stage).")] = None,
+    projector_lr: Annotated[Optional[float], typer.Option(help="Projector learning rate (LoRA default 2e-5).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch (default: 256 stage 1, 128 stage 2).")] = None,
+    per_device_batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    epochs: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many optimizer steps (-1: epochs decide).")] = -1,
+    warmup_ratio: float = 0.03,
+    weight_decay: float = 0.0,
+    max_length: Annotated[int, typer.Option(help="Longer samples are counted as bad, not truncated.")] = 2048,
+    gradient_checkpointing: bool = True,
+    group_by_length: Annotated[bool, typer.Option(help="Batch samples of similar token length together.")] = True,
+    deepspeed: Annotated[Optional[Path], typer.Option(help="DeepSpeed config (training/deepspeed/zero2.json, zero3.json).")] = None,
+    save_steps: Annotated[int, typer.Option(help="Checkpoint every N steps for --resume (0: never).")] = 500,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint under OUT/checkpoints.")] = False,
+    max_bad_fraction: Annotated[float, typer.Option(help="Fail when more than this share of records is bad.")] = 0.0,
+    logging_steps: int = 10,
+    seed: int = 0,
+) -> None:
+    """Train LLaVA-1.5 (stage 1 or 2, full or LoRA) and save a llava-hf checkpoint the engine loads."""
+    from engine.backend import EngineError
+    from training.records import DataError
+    from training.train import TrainConfig, TrainingError, run_training
+
+    if stage not in ("pretrain", "finetune"):
+        fail(f"unknown stage {stage!r}; expected pretrain or finetune")
+    if deepspeed is not None and not deepspeed.is_file():
+        fail(f"DeepSpeed config not found: {deepspeed}")
+    config = TrainConfig(
+        stage=stage,  # type: ignore[arg-type]
+        model=model,
+        data=data,
+        out=out,
+        images=images,
+        lora=lora,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        merge_lora=merge_lora,
+        train_vision_tower=train_vision_tower,
+        learning_rate=lr,
+        projector_lr=projector_lr,
+        global_batch_size=batch_size,
+        per_device_batch_size=per_device_batch_size,
+        epochs=epochs,
+        max_steps=max_steps,
+        warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay,
+        max_length=max_length,
+        gradient_checkpointing=gradient_checkpointing,
+        group_by_length=group_by_length,
+        deepspeed=deepspeed,
+        save_steps=save_steps,
+        resume=resume,
+        max_bad_fraction=max_bad_fraction,
+        logging_steps=logging_steps,
+        seed=seed,
+    )
+    try:
+        metrics = run_training(config)
+    except (DataError, TrainingError, EngineError) as exc:
+        fail(str(exc))
+    if metrics:
+        typer.echo(f"checkpoint written to {out} (final loss {metrics['final_loss']}); metrics in {out / 'train_metrics.json'}")
+
+
+def evaluate(
+    model: Annotated[str, typer.Option(help="Checkpoint to evaluate.")],
+    data: Annotated[Path, typer.Option(help="Evaluation JSON (e.g. eval.json of `data shapes`).")],
+    images: Annotated[Path, typer.Option(help="Directory the items' image paths are relative to.")],
+    out: Annotated[Optional[Path], typer.Option(help="Write the scores and every answer as JSON here.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+) -> None:
+    """Run the engine over an evaluation file (batched) and print a table per question type."""
+    from engine.backend import EngineError, load_backend
+    from training.eval_runner import format_table, load_items, run_eval
+    from training.records import DataError
+
+    try:
+        items = load_items(data)
+        backend = load_backend(model, max_batch_size=batch_size)
+        table, outputs = _with_progress(lambda tick: run_eval(backend, items, images, batch_size=batch_size, progress=tick), len(items))
+    except (DataError, EngineError) as exc:
+        fail(str(exc))
+    typer.echo(format_table(table))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"model": model, "data": str(data), "scores": table, "outputs": outputs}, indent=1) + "\n")
+        typer.echo(f"scores and answers written to {out}")
+
+
+def _with_progress(work, total: int):
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("answering", total=total)
+        return work(lambda k: bar.advance(task, k))
+
+
+def demo_model(
+    out: Annotated[Path, typer.Option(help="Where the demo checkpoint goes.")] = Path("build/demo-model"),
+    force: Annotated[bool, typer.Option(help="Rebuild even when OUT already holds a model.")] = False,
+) -> None:
+    """Train the demo model from scratch on the shapes world (stage 1 + stage 2) and print its scores."""
+    from training.demo import build_demo, missed_targets
+
+    if (out / "config.json").exists() and not force:
+        typer.echo(f"{out} already holds a model (--force rebuilds it)")
+        return
+    scores = build_demo(out, echo=typer.echo)
+    missed = missed_targets(scores)
+    if missed:
+        fail("the demo model missed its targets: " + "; ".join(missed))
+
+
+def register(app: typer.Typer) -> None:
+    """Mount the training commands on the root CLI."""
+    app.add_typer(data_app, name="data")
+    app.command()(train)
+    app.command("eval")(evaluate)
+    app.command("demo-model")(demo_model)
