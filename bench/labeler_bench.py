@@ -9,6 +9,8 @@ Measured in one run (`make bench`, or `python -m bench.labeler_bench`):
   broker, image reads, bookkeeping. On a shared machine the engine's own speed drifts
   between runs, so the table also gives the share of each job's wall time the engine was
   generating (its recorded engine time / the job's time), which no drift affects;
+- the same job with the worker calling the predictor on 127.0.0.1 (the remote client),
+  as a ratio of in-process;
 - time to submit 100,000 items (manifest read, bulk insert, one task per batch
   enqueued) on SQLite and on PostgreSQL (target <= 10 s).
 The demo model is used when it exists (settings engine.model), else a random tiny one.
@@ -125,6 +127,18 @@ def job_rate(settings: Settings, engine: Backend, folder: Path) -> tuple[float, 
     return IMAGES / seconds, engine_ms / 1000 / seconds
 
 
+def remote_job_rate(work: Path, model: str, folder: Path) -> float:
+    """Images/s of the same job when the worker calls a predictor on 127.0.0.1 (`engine.url` set)."""
+    from engine.predictor_process import PredictorProcess
+
+    with PredictorProcess(model, args=["--max-batch-size", str(BATCH), "--max-wait-ms", "5"]) as server:
+        settings = _settings(work, model)
+        settings = settings.model_copy(update={"engine": settings.engine.model_copy(update={"url": server.url})})
+        engine = load_engine(settings)
+        engine.generate([GenerationRequest(image=folder / "00000.png", max_new_tokens=NEW_TOKENS)] * BATCH)  # warm-up
+        return job_rate(settings, engine, folder)[0]
+
+
 def submit_seconds(settings: Settings, manifest: Path) -> float:
     labeler = Labeler(settings)
     started = time.perf_counter()
@@ -165,6 +179,7 @@ def main() -> dict:
         raw_before = raw_engine_rate(engine, paths)
         figures["embedded"], figures["embedded_engine_share"] = job_rate(_settings(work / "embedded", model), engine, folder)
         figures["submit_sqlite"] = submit_seconds(_settings(work / "submit", model), manifest)
+        figures["remote"] = remote_job_rate(work / "remote", model, folder)
         if services:
             import redis
 
@@ -191,6 +206,10 @@ def main() -> dict:
             table.add_row(f"job end to end, {label}, images/s", f"{figures[key]:.1f}", f"{ratio:.2f}x raw (>= 0.85)")
             share = figures[f"{key}_engine_share"]
             table.add_row("  share of the job's time the engine was busy", f"{share:.0%}", "labeler adds the rest")
+    if "remote" in figures:
+        ratio = figures["remote"] / figures["embedded"]
+        table.add_row("job end to end through the predictor (remote client), images/s", f"{figures['remote']:.1f}",
+                      f"{ratio:.2f}x in-process")
     for key, label in (("submit_sqlite", "SQLite, SQLite broker"), ("submit_postgres", "PostgreSQL, Redis broker")):
         if key in figures:
             table.add_row(f"submit {SUBMIT_ITEMS:,} items, {label}, s", f"{figures[key]:.1f}", "(<= 10 s)")
