@@ -95,6 +95,46 @@ class UISettings(BaseModel):
     password: SecretStr | None = Field(default=None, description="The shared password when auth is `password`.")
 
 
+class RetrainSettings(BaseModel):
+    """The retrain step (`llava-labeler retrain`): when to train, on what, and when a candidate wins."""
+
+    min_reviews: int = Field(default=50, ge=1, description="Fewer new accepted/edited reviews than this: nothing to do.")
+    margin: float = Field(
+        default=0.01, ge=-1.0, le=1.0, description="Promote only when candidate score - active score >= this."
+    )
+    holdout_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="Share of reviewed records held out to evaluate.")
+    seed: int = Field(default=0, description="Same seed, same held-out slice and replay sample.")
+    replay_file: Path | None = Field(default=None, description="Earlier training data (LLaVA JSON or JSONL) to mix in.")
+    replay_images: Path | None = Field(default=None, description="Directory the replay records' image paths are relative to.")
+    replay_count: int = Field(default=0, ge=0, description="Replay records mixed in (0: none).")
+    lora: bool = Field(default=True, description="Finetune with LoRA (off, or `retrain --full`: all LLM weights).")
+    max_steps: int = Field(default=-1, description="Optimizer steps (-1: one epoch decides).")
+    epochs: float = Field(default=1.0, gt=0.0)
+    learning_rate: float | None = Field(default=None, description="None: the paper's rate for LoRA or full finetuning.")
+    batch_size: int | None = Field(default=None, ge=1, description="Global batch (None: the paper's 128).")
+    extra_train_args: list[str] = Field(default_factory=list, description="More `llava-labeler train` options, as is.")
+    eval_batch_size: int = Field(default=32, ge=1)
+    lock_ttl_s: float = Field(default=600.0, gt=0, description="A lock not renewed this long is free (a crashed retrain).")
+
+
+class RolloutSettings(BaseModel):
+    """Where a promoted model goes: the KServe InferenceService in a cluster, nothing to patch embedded."""
+
+    inference_service: str = Field(default="", description="InferenceService to patch (empty: embedded mode).")
+    namespace: str = Field(default="default", description="Its namespace.")
+    model_store_uri: str = Field(
+        default="", description="Storage URI the predictor downloads versions from (e.g. pvc://models/llava)."
+    )
+    model_store_path: Path | None = Field(
+        default=None, description="Local mount of model_store_uri; versions are written here (default: data_dir/models)."
+    )
+    canary_traffic_percent: int | None = Field(
+        default=None, ge=0, le=100, description="Send this share to the new model first; promote once it is ready."
+    )
+    ready_timeout_s: float = Field(default=1800.0, gt=0, description="How long a new revision may take to become ready.")
+    poll_s: float = Field(default=10.0, gt=0, description="How often the InferenceService's status is read.")
+
+
 class Settings(BaseSettings):
     """All configuration, read once from the environment."""
 
@@ -109,6 +149,8 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     labeler: LabelerSettings = LabelerSettings()
     ui: UISettings = UISettings()
+    retrain: RetrainSettings = RetrainSettings()
+    rollout: RolloutSettings = RolloutSettings()
 
 
 @lru_cache(maxsize=1)

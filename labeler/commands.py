@@ -36,7 +36,8 @@ Extensions = Annotated[Optional[list[str]], typer.Option("--ext", help="File ext
 def _labeler():
     from labeler.service import Labeler
 
-    return Labeler()
+    labeler = Labeler()
+    return Labeler(labeler.settings_for_new_jobs())  # jobs run (and are attributed to) the active version
 
 
 def _spec(task, instruction, schema, options, unanswerable, max_new_tokens, temperature):
@@ -290,6 +291,33 @@ def run(
     typer.echo(f"after review: llava-labeler export {status.id} --format llava (reviewed labels for training)")
 
 
+def retrain(
+    full: Annotated[bool, typer.Option("--full", help="Finetune all LLM weights (default: LoRA).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count new reviews and say what would run; change nothing.")] = False,
+    min_reviews: Annotated[Optional[int], typer.Option(min=1, help="New reviews needed (default: settings).")] = None,
+    margin: Annotated[Optional[float], typer.Option(help="Score gain a candidate needs (default: settings).")] = None,
+) -> None:
+    """Finetune the active model on new reviews; promote it only if it beats the active one by the margin.
+
+    Exit 0: promoted, rejected or too few reviews; 1: an error (active model unchanged); 3: another retrain runs.
+    """
+    from engine.settings import get_settings
+    from labeler.locks import LockHeld
+    from labeler.retrain import RetrainError
+    from labeler.service import Labeler, RegistryError
+
+    settings = get_settings()
+    overrides = {key: value for key, value in (("min_reviews", min_reviews), ("margin", margin)) if value is not None}
+    labeler = Labeler(settings.model_copy(update={"retrain": settings.retrain.model_copy(update=overrides)}))
+    try:
+        outcome = labeler.retrain(full=full, dry_run=dry_run, echo=typer.echo)
+    except LockHeld as exc:
+        fail(f"another retrain is running: {exc}", code=3)
+    except (RetrainError, RegistryError) as exc:
+        fail(str(exc))
+    typer.echo(f"{outcome.decision}: {outcome.reason}")
+
+
 def register(app: typer.Typer) -> None:
     """Mount the job commands on the root CLI."""
     app.command()(submit)
@@ -300,3 +328,4 @@ def register(app: typer.Typer) -> None:
     app.command()(export)
     app.command()(worker)
     app.command()(run)
+    app.command()(retrain)

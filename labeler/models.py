@@ -40,7 +40,8 @@ ACTIVE_JOB_STATES = (QUEUED, RUNNING)
 PENDING, CLAIMED, DONE, FAILED = "pending", "running", "done", "failed"
 ITEM_TERMINAL = (DONE, FAILED, CANCELLED)
 DECISIONS = ("accept", "edit", "reject")
-MODEL_STATES = ("candidate", "active", "retired")
+# A retrain candidate that lost its evaluation ends `rejected`; one whose training or evaluation broke, `failed`.
+MODEL_STATES = ("candidate", "active", "retired", "rejected", "failed")
 
 Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite only auto-increments INTEGER PRIMARY KEY
 Json = JSON().with_variant(JSONB(), "postgresql")
@@ -172,3 +173,18 @@ class Review(Base):
     output: Mapped[Any] = mapped_column(Json, nullable=True)
     reviewer: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Lock(Base):
+    """A named lock that expires: one retrain at a time, across pods, on SQLite and PostgreSQL alike.
+
+    A holder renews `expires_at` while it works; a lock past its expiry belongs to nobody
+    (its holder crashed), so a dead retrain never blocks the next one for longer than that.
+    """
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

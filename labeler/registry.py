@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from engine.settings import Settings
 from labeler.db import dialect_insert
 from labeler.models import MODEL_STATES, ModelVersion
 
@@ -77,3 +78,43 @@ def _retire_others(session: Session, keep: int) -> None:
     session.execute(
         update(ModelVersion).where(ModelVersion.status == "active", ModelVersion.id != keep).values(status="retired")
     )
+
+
+def active(session: Session) -> ModelVersion | None:
+    """The active version (the newest, should a race ever have left two)."""
+    query = select(ModelVersion).where(ModelVersion.status == "active").order_by(ModelVersion.id.desc())
+    return session.scalars(query).first()
+
+
+def conclude(session: Session, name: str, status: str, metrics: dict[str, Any]) -> ModelVersion:
+    """Close a candidate: its final status (`rejected`, `failed`, `candidate`) and what it was judged on.
+
+    Promotion goes through `promote`, never through here, so that the previously active
+    version is retired in the same transaction.
+    """
+    if status not in ("candidate", "rejected", "failed"):
+        raise RegistryError(f"a candidate ends as candidate, rejected or failed, not {status!r} (promote makes it active)")
+    version = get(session, name)
+    version.status = status
+    version.metrics = {**(version.metrics or {}), **metrics}
+    return version
+
+
+def model_for_new_jobs(session: Session, engine_model: str, engine_url: str | None) -> str:
+    """The checkpoint a new embedded job should run: the active version's, else the configured one.
+
+    A remote predictor (engine_url) serves whatever was rolled out to it, so the URL wins.
+    """
+    if engine_url:
+        return engine_url
+    current = active(session)
+    return current.uri if current is not None else engine_model
+
+
+def settings_for_new_jobs(session: Session, settings: Settings) -> Settings:
+    """`settings` with the engine on `model_for_new_jobs`: what a worker or `run` starts with, so an
+    embedded deployment serves (and attributes predictions to) the promoted version."""
+    if settings.engine.url:
+        return settings
+    model = model_for_new_jobs(session, settings.engine.model, None)
+    return settings.model_copy(update={"engine": settings.engine.model_copy(update={"model": model})})

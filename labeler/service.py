@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.settings import Settings, get_settings
-from labeler import console_queries, exports, jobs, registry, review
+from labeler import console_queries, exports, jobs, registry, retrain, review
 from labeler.accuracy import Accuracy, score_job
 from labeler.console_queries import BrowsePage, BrowseQuery, BrowseRow, FailureReason, ReviewRates
 from labeler.db import Database, open_database
@@ -30,6 +30,7 @@ from labeler.models import ModelVersion
 from labeler.queue import make_celery
 from labeler.reading import ReadError, read_image_bytes
 from labeler.registry import RegistryError
+from labeler.retrain import RetrainOutcome
 from labeler.review import REVIEW_STATES, PredictionFilter, ReviewError, ReviewRecord, ReviewTask
 from labeler.sources import IMAGE_EXTENSIONS, SourceError
 
@@ -51,6 +52,7 @@ __all__ = [
     "PredictionFilter",
     "ReadError",
     "RegistryError",
+    "RetrainOutcome",
     "ReviewError",
     "ReviewRecord",
     "ReviewRates",
@@ -175,6 +177,27 @@ class Labeler:
     def promote_model_version(self, name: str) -> ModelVersionInfo:
         with self.db.write() as session:
             return _info(session, registry.promote(session, name))
+
+    def active_model_version(self) -> ModelVersionInfo | None:
+        with self.db.read() as session:
+            version = registry.active(session)
+            return _info(session, version) if version is not None else None
+
+    def model_for_new_jobs(self) -> str:
+        """The checkpoint (or predictor URL) new jobs should run: the active version once one is promoted."""
+        with self.db.read() as session:
+            return registry.model_for_new_jobs(session, self.settings.engine.model, self.settings.engine.url)
+
+    def settings_for_new_jobs(self) -> Settings:
+        """These settings with the engine on `model_for_new_jobs()`: what a worker or `run` should start with,
+        so that an embedded deployment serves (and attributes predictions to) the promoted version."""
+        with self.db.read() as session:
+            return registry.settings_for_new_jobs(session, self.settings)
+
+    # retraining
+    def retrain(self, *, full: bool = False, dry_run: bool = False, echo: Callable[[str], None] = print) -> RetrainOutcome:
+        """Finetune on new reviews, evaluate, promote or reject (`labeler.retrain`); `locks.LockHeld` if one runs."""
+        return retrain.retrain(self.db, self.settings, full=full, dry_run=dry_run, echo=echo)
 
 
 def _info(session: Session, version: ModelVersion) -> ModelVersionInfo:

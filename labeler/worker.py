@@ -24,7 +24,7 @@ from celery.worker import WorkController
 
 from engine.backend import Backend
 from engine.settings import Settings
-from labeler import jobs
+from labeler import jobs, registry
 from labeler.batches import BatchProcessor, BatchResult
 from labeler.db import open_database
 from labeler.queue import TASK_NAME, make_celery
@@ -50,8 +50,11 @@ def load_engine(settings: Settings) -> Backend:
 def _process_processor(settings_json: str, pid: int) -> BatchProcessor:
     """This worker process's processor, its engine loaded once (at process start, see start_worker)."""
     settings = Settings.model_validate_json(settings_json)
+    db = open_database(settings.database_url)
+    with db.read() as session:
+        settings = registry.settings_for_new_jobs(session, settings)  # the promoted version, once there is one
     engine = load_engine(settings)
-    return BatchProcessor(open_database(settings.database_url), settings, lambda: engine)
+    return BatchProcessor(db, settings, lambda: engine)
 
 
 def make_app(

@@ -1,9 +1,10 @@
 """Run the engine over an evaluation file and score it per question type.
 
 An evaluation file is a JSON list of items: `id`, `image` (relative to the images
-directory), `type` (the row of the table), `task` (`vqa` | `json`), `question`, and
+directory), `type` (the row of the table), `task` (`vqa` | `json` | `caption`), `question`, and
 what the type is scored with: `answers` (VQA accuracy), `label` (POPE), `options` +
-`answer` (multiple choice), `schema` + `truth` (JSON). The engine asks every question
+`answer` (multiple choice), `schema` + `truth` (JSON), `reference` (captions and other
+free text: token F1 and exact match). The engine asks every question
 through the same `GenerationRequest` a labeling job uses, in batches, so the scores are
 those of the model as it is served.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backend import Backend, GenerationRequest
-from training.evaluate import json_metrics, multiple_choice_accuracy, pope_metrics, vqa_accuracy
+from training.evaluate import caption_metrics, json_metrics, multiple_choice_accuracy, pope_metrics, vqa_accuracy
 from training.records import DataError
 
 MAX_NEW_TOKENS = {"vqa": 16, "json": 128, "caption": 64}
@@ -73,8 +74,12 @@ def score(items: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[st
             }
         elif "answers" in first:
             metrics = {"vqa_accuracy": sum(vqa_accuracy(t, items[i]["answers"]) for t, i in zip(texts, rows)) / len(rows)}
+        elif "reference" in first:
+            metrics = caption_metrics(texts, [items[i]["reference"] for i in rows])
         else:
-            raise DataError(f"evaluation item {first['id']}: type {kind!r} has no answers, label, options or schema to score")
+            raise DataError(
+                f"evaluation item {first['id']}: type {kind!r} has no answers, label, options, schema or reference to score"
+            )
         table[kind] = {"n": len(rows), **metrics}
     return table
 

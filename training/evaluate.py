@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -151,6 +152,22 @@ def multiple_choice_accuracy(predictions: Sequence[str], answers: Sequence[str],
     if not (len(predictions) == len(answers) == len(options)) or not answers:
         raise ValueError("multiple-choice accuracy needs as many predictions, answers and option lists")
     return sum(choice_letter(p, o) == a for p, a, o in zip(predictions, answers, options)) / len(answers)
+
+
+def caption_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Free-text answers (captions) against one reference each: token F1 and exact match, both after
+    `normalize_answer` on either side (VQA accuracy cannot score them: it normalises only the prediction)."""
+    if len(predictions) != len(references) or not references:
+        raise ValueError("caption metrics need as many predictions as references")
+    f1 = exact = 0.0
+    for prediction, reference in zip(predictions, references):
+        said, truth = normalize_answer(prediction).split(), normalize_answer(reference).split()
+        exact += said == truth
+        common = sum((Counter(said) & Counter(truth)).values())
+        if common:
+            precision, recall = common / len(said), common / len(truth)
+            f1 += 2 * precision * recall / (precision + recall)
+    return {"token_f1": f1 / len(references), "exact_match": exact / len(references)}
 
 
 def _as_object(prediction: Any, schema: Mapping[str, Any] | None) -> Any:

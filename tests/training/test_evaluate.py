@@ -113,3 +113,14 @@ def test_json_validity_fields_and_exact_match():
     assert metrics["fields"] == {"shape": 0.5, "color": 0.5, "count": 0.25, "position": 0.5}
     # Without a schema, any JSON object is valid.
     assert json_metrics(predictions, truths)["validity"] == 0.75
+
+
+def test_caption_metrics_normalise_both_sides_and_give_partial_credit():
+    from training.evaluate import caption_metrics
+
+    scores = caption_metrics(["A red circle.", "two blue squares", "nothing"], ["a red circle", "Three blue squares.", "a star"])
+    assert scores["exact_match"] == pytest.approx(1 / 3)
+    # "two blue squares" vs "3 blue squares" (number words become digits): 2 of 3 tokens on both sides
+    assert scores["token_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    with pytest.raises(ValueError):
+        caption_metrics(["a"], [])

@@ -1,0 +1,246 @@
+"""`llava-labeler retrain`: finetune the active model on new reviewed labels, and promote it only if it is better.
+
+The labeler owns the database side (the lock, which reviews are new, ModelVersion rows,
+the promotion); training runs as `llava-labeler train` and `llava-labeler eval`
+processes that exchange files with it (labeler and training never import each other).
+One run:
+1. take the `retrain` lock (two retrains never overlap, whichever pods they run on);
+2. count reviews accepted or edited since the active version's data was collected; too
+   few: stop, exit 0, nothing written;
+3. register the candidate (status `candidate`, its parent the active version);
+4. build train.json / eval.json (`retrain_data`), finetune from the active checkpoint
+   (LoRA unless `--full`), evaluate candidate and active on the held-out reviews;
+5. promote when candidate score - active score >= the margin (roll-out first, so a
+   predictor that never takes the new model leaves the old one active); else the
+   candidate ends `rejected`. Any error ends it `failed`, the active version untouched.
+Every count, score, the decision and its reason go on the candidate's `metrics["retrain"]`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from engine.settings import Settings
+from labeler import locks, registry, retrain_data, rollout
+from labeler.db import Database
+from labeler.models import ModelVersion, utcnow
+from labeler.reading import ReadError
+from labeler.registry import RegistryError
+
+LOCK = "retrain"
+Echo = Callable[[str], None]
+
+
+class RetrainError(RuntimeError):
+    """The retrain could not finish; the candidate (if any) is marked failed and the active model is unchanged."""
+
+
+# Failures whose message is already a sentence for a person; anything else is shown with its type.
+EXPLAINED = (RetrainError, retrain_data.RetrainDataError, rollout.RolloutError, ReadError, RegistryError)
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    """How a run ended: `not-enough-reviews`, `dry-run`, `promoted` or `rejected`."""
+
+    decision: str
+    reason: str
+    reviews: int
+    candidate: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The model a retrain starts from and is judged against."""
+
+    name: str | None
+    uri: str
+    reviews_after: datetime | None
+
+
+def retrain(db: Database, settings: Settings, *, full: bool = False, dry_run: bool = False, echo: Echo = print) -> RetrainOutcome:
+    """One retrain under the database lock (`locks.LockHeld` when another one runs)."""
+    with locks.holding(db, LOCK, settings.retrain.lock_ttl_s) as lock:
+        return _Run(db, settings, lock, lora=settings.retrain.lora and not full, echo=echo).run(dry_run)
+
+
+def overall_score(table: dict[str, dict[str, Any]]) -> float:
+    """One number per model: each evaluation type's main metric, weighted by its item count.
+
+    JSON: the mean per-field accuracy (finer than exact match on small slices); captions:
+    token F1; VQA: VQA accuracy; multiple choice: accuracy.
+    """
+    total = sum(row["n"] for row in table.values())
+    return sum(_main_metric(kind, row) * row["n"] for kind, row in table.items()) / total if total else 0.0
+
+
+def _main_metric(kind: str, row: dict[str, Any]) -> float:
+    if row.get("fields"):
+        return sum(row["fields"].values()) / len(row["fields"])
+    for name in ("vqa_accuracy", "accuracy", "token_f1", "exact_match"):
+        if name in row:
+            return float(row[name])
+    raise RetrainError(f"evaluation type {kind!r} has no metric to compare models by: {sorted(row)}")
+
+
+class _Run:
+    def __init__(self, db: Database, settings: Settings, lock: locks.HeldLock, *, lora: bool, echo: Echo):
+        self.db, self.settings, self.lock, self.lora, self.echo = db, settings, lock, lora, echo
+        self.options = settings.retrain
+
+    def run(self, dry_run: bool) -> RetrainOutcome:
+        base = self._base()
+        collected_at = utcnow()
+        reviewed = retrain_data.reviewed_since(self.db, base.reviews_after)
+        count = sum(len(items) for items in reviewed.values())
+        since = f"since {base.reviews_after:%Y-%m-%d %H:%M:%S} UTC" if base.reviews_after else "in total"
+        self.echo(f"retrain: {count} reviews accepted or edited {since}; base model {base.name or base.uri}")
+        if count < self.options.min_reviews:
+            reason = f"{count} new reviews, fewer than the {self.options.min_reviews} a retrain needs"
+            self.echo(f"retrain: nothing to do: {reason}")
+            return RetrainOutcome("not-enough-reviews", reason, count)
+        if dry_run:
+            reason = f"would finetune {base.uri} ({'LoRA' if self.lora else 'full'}) on {count} reviews"
+            self.echo(f"retrain: dry run: {reason}")
+            return RetrainOutcome("dry-run", reason, count)
+        facts: dict[str, Any] = {"reviews": count, "reviews_until": collected_at.isoformat(), "lora": self.lora}
+        name, parent = self._register(f"retrain-{collected_at:%Y%m%d-%H%M%S}", base, facts)
+        try:
+            return self._train_and_judge(name, parent, base, reviewed, facts)
+        except BaseException as exc:  # Ctrl-C included: the candidate must not stay a "candidate" forever
+            reason = str(exc) if isinstance(exc, EXPLAINED) else repr(exc)
+            self._conclude(name, "failed", {**facts, "decision": "failed", "reason": reason})
+            self.echo(f"retrain: {name} failed: {reason}")
+            if not isinstance(exc, Exception):
+                raise
+            raise RetrainError(f"{name} failed: {reason}") from exc
+
+    def _train_and_judge(
+        self, name: str, parent: str, base: _Base, reviewed: dict[int, set[int]], facts: dict[str, Any]
+    ) -> RetrainOutcome:
+        work = Path(self.settings.data_dir).resolve() / "retrain" / name
+        data = retrain_data.build(self.db, self.settings, reviewed, work)
+        facts["data"] = data.counts
+        counts = data.counts
+        self.echo(
+            f"retrain: data: {counts['train_reviewed']} reviewed + {counts['replay']} replay records to train on, "
+            f"{counts['held_out']} held out"
+        )
+        checkpoint = self._models_dir() / name
+        facts["training"] = self._train(base.uri, data, checkpoint, work)
+        candidate = self._evaluate("candidate", str(checkpoint), data, work)
+        active = self._evaluate("active", base.uri, data, work)
+        gain = candidate["score"] - active["score"]
+        margin = self.options.margin
+        facts["evaluation"] = {"candidate": candidate, "active": {"version": parent, **active}, "margin": margin}
+        verdict = f"candidate {candidate['score']:.4f} vs active {active['score']:.4f}: {gain:+.4f}"
+        if gain < margin:
+            reason = f"{verdict}, below the margin {margin:+.4f}"
+            self._conclude(name, "rejected", {**facts, "decision": "rejected", "reason": reason})
+            self.echo(f"retrain: rejected {name}: {reason}; {parent} stays active")
+            return RetrainOutcome("rejected", reason, facts["reviews"], name, facts)
+        reason = f"{verdict}, at least the margin {margin:+.4f}"
+        facts["rollout"] = rollout.roll_out(
+            self.settings.rollout, rollout.storage_uri(self.settings.rollout, name, str(checkpoint)), echo=self.echo
+        ).to_dict()
+        self._promote(name, {**facts, "decision": "promoted", "reason": reason})
+        self.echo(f"retrain: promoted {name}: {reason}")
+        return RetrainOutcome("promoted", reason, facts["reviews"], name, facts)
+
+    # the database side
+    def _base(self) -> _Base:
+        with self.db.read() as session:
+            current = registry.active(session)
+        if current is None:  # nothing promoted yet: the configured model, and every review so far
+            return _Base(None, self.settings.engine.model, None)
+        return _Base(current.name, current.uri, _reviews_after(current))
+
+    def _register(self, stem: str, base: _Base, facts: dict[str, Any]) -> tuple[str, str]:
+        """The candidate's row (named `stem`, or `stem-N` when a run in the same second took it); (name, parent)."""
+
+        def add(session) -> tuple[str, str]:
+            parent = registry.get(session, base.name) if base.name else registry.version_for_uri(session, base.uri)
+            taken = set(session.scalars(select(ModelVersion.name).where(ModelVersion.name.startswith(stem))))
+            name = next(n for n in (stem, *(f"{stem}-{k}" for k in range(2, len(taken) + 3))) if n not in taken)
+            registry.register(session, name, str(self._models_dir() / name), parent=parent.name, metrics={"retrain": facts})
+            return name, parent.name
+
+        name, parent = self.db.retrying(add)
+        self.echo(f"retrain: registered candidate {name} (parent {parent})")
+        return name, parent
+
+    def _conclude(self, name: str, status: str, facts: dict[str, Any]) -> None:
+        self.db.retrying(lambda session: registry.conclude(session, name, status, {"retrain": facts}))
+
+    def _promote(self, name: str, facts: dict[str, Any]) -> None:
+        if not locks.still_held(self.db, self.lock):
+            raise RetrainError("the retrain lock expired while training (raise retrain.lock_ttl_s); not promoting")
+
+        def promote(session) -> None:
+            registry.conclude(session, name, "candidate", {"retrain": facts})
+            registry.promote(session, name)
+
+        self.db.retrying(promote)
+
+    # the training side: processes and files
+    def _models_dir(self) -> Path:
+        """Where candidates are written: the mounted model store in a cluster, else data_dir/models (absolute:
+        workers elsewhere load the version's uri)."""
+        return (self.settings.rollout.model_store_path or Path(self.settings.data_dir) / "models").resolve()
+
+    def _train(self, base_uri: str, data: retrain_data.RetrainData, checkpoint: Path, work: Path) -> dict[str, Any]:
+        o = self.options
+        args = ["train", "--stage", "finetune", "--model", base_uri, "--data", str(data.train), "--images", str(data.images)]
+        args += ["--out", str(checkpoint), "--lora" if self.lora else "--no-lora", "--max-steps", str(o.max_steps)]
+        args += ["--epochs", str(o.epochs), "--seed", str(o.seed), "--save-steps", "0"]
+        args += ["--lr", str(o.learning_rate)] if o.learning_rate is not None else []
+        args += ["--batch-size", str(o.batch_size)] if o.batch_size is not None else []
+        self.echo(f"retrain: finetuning {base_uri} ({'LoRA' if self.lora else 'full'}) into {checkpoint}")
+        self._cli([*args, *o.extra_train_args], work / "train.log", "training")
+        metrics = json.loads((checkpoint / "train_metrics.json").read_text())
+        keep = ("global_steps", "train_loss", "final_loss", "trainable_parameters", "wall_seconds")
+        return {key: metrics.get(key) for key in keep}
+
+    def _evaluate(self, who: str, model: str, data: retrain_data.RetrainData, work: Path) -> dict[str, Any]:
+        out = work / f"scores-{who}.json"
+        args = ["eval", "--model", model, "--data", str(data.eval), "--images", str(data.images), "--out", str(out)]
+        self.echo(f"retrain: evaluating the {who} model on the held-out reviews")
+        args += ["--batch-size", str(self.options.eval_batch_size)]
+        self._cli(args, work / f"eval-{who}.log", f"evaluating the {who} model")
+        table = json.loads(out.read_text())["scores"]
+        return {"score": overall_score(table), "table": table}
+
+    def _cli(self, args: list[str], log: Path, what: str) -> None:
+        """Run `llava-labeler ARGS` with this interpreter, its output echoed and kept in `log`."""
+        command = [sys.executable, "-c", "from labeler.cli import main; main()", *args]
+        env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+        log.parent.mkdir(parents=True, exist_ok=True)
+        tail: list[str] = []
+        with log.open("w") as handle, subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        ) as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                handle.write(line)
+                self.echo(f"  | {line.rstrip()}")
+                tail = [*tail[-9:], line.rstrip()]
+        if process.returncode:
+            last = "; ".join(line for line in tail if line.strip())[-1500:]
+            raise RetrainError(f"{what} failed (exit {process.returncode}): {last} (log: {log})")
+
+
+def _reviews_after(version: ModelVersion) -> datetime:
+    """Reviews newer than this were not in `version`'s data: its recorded cut-off, else its creation."""
+    until = ((version.metrics or {}).get("retrain") or {}).get("reviews_until")
+    return datetime.fromisoformat(until) if until else version.created_at
