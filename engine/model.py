@@ -95,6 +95,11 @@ def _fix_processor(processor, config) -> None:
     if getattr(processor, "vision_feature_select_strategy", None) is None:
         processor.vision_feature_select_strategy = config.vision_feature_select_strategy
     processor.tokenizer.padding_side = "left"
+    # LLaVA takes no token_type_ids; transformers 4.x's PreTrainedTokenizerFast returns them by
+    # default and generate() then refuses them as unused model kwargs.
+    names = getattr(processor.tokenizer, "model_input_names", None)
+    if names and "token_type_ids" in names:
+        processor.tokenizer.model_input_names = [name for name in names if name != "token_type_ids"]
 
 
 def load_model(source: str | Path, *, device: str = "auto", dtype: str = "auto") -> LoadedModel:
@@ -137,6 +142,7 @@ def save_model(model, processor, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    portable_tokenizer_config(out / "tokenizer_config.json")
     for shard in out.glob("*.safetensors"):
         state = load_file(shard)
         fixed = to_llava_hf_keys(state)
@@ -148,6 +154,39 @@ def save_model(model, processor, out_dir: str | Path) -> Path:
         data["weight_map"] = dict(zip(to_llava_hf_keys(data["weight_map"]), data["weight_map"].values()))
         index.write_text(json.dumps(data, indent=2))
     return out
+
+
+# Standard special-token attributes; any other `*_token` entry is a model-specific named token.
+_STANDARD_TOKENS = {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}
+
+
+def portable_tokenizer_config(path: Path) -> None:
+    """Rewrite transformers 5.x's tokenizer_config.json into the form 4.x reads too.
+
+    5.x names its fast tokenizer `TokenizersBackend` and stores `extra_special_tokens` as a
+    list, with named tokens (`image_token`) at the top level; 4.x (TensorRT-LLM 1.2 pins
+    4.57.1) knows neither and fails to load the tokenizer. `PreTrainedTokenizerFast` is
+    what both load tokenizer.json as, and a `{name: token}` mapping is what both read.
+    """
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    changed = False
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        changed = True
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        if extra:
+            config.setdefault("additional_special_tokens", extra)
+        config["extra_special_tokens"] = {
+            key: value
+            for key, value in config.items()
+            if key.endswith("_token") and key not in _STANDARD_TOKENS and isinstance(value, str)
+        }
+        changed = True
+    if changed:
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def checkpoint_keys(path: str | Path) -> list[str]:

@@ -112,9 +112,14 @@ def train_tokenizer(vocab_size: int, corpus: Iterable[str] = ()):
 
 def build_processor(tokenizer, spec: TinySpec):
     """CLIP preprocessing at the tiny image size, wrapped in a LlavaProcessor."""
-    from transformers import CLIPImageProcessorPil, LlavaProcessor
+    from transformers import LlavaProcessor
 
-    image_processor = CLIPImageProcessorPil(
+    try:  # transformers 5.x: the PIL-backed CLIP processor (no torchvision needed)
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # transformers 4.x (TensorRT-LLM 1.2's pin): CLIPImageProcessor is the PIL one
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    image_processor = ImageProcessor(
         size={"shortest_edge": spec.image_size},
         crop_size={"height": spec.image_size, "width": spec.image_size},
         image_mean=CLIP_MEAN,

@@ -1,7 +1,8 @@
 """The Dockerfile's rules, checked per build stage by parsing it (no Docker engine runs here).
 
 The app image is python:3.11-slim with the CPU torch wheel; the predictor image is NVIDIA's
-TensorRT-LLM 1.2.x release image with tensorrt-llm pinned to 1.2.*. Both final stages run as the
+TensorRT-LLM 1.2.x release image with tensorrt-llm pinned to 1.2.*, installed first so that its pinned
+stack wins, then only what that stack lacks, then the project with --no-deps. Both final stages run as the
 chart's non-root user, have a HEALTHCHECK against what the chart probes, and bake in no credentials;
 .dockerignore keeps environments, build output, history and secrets out of the build context.
 """
@@ -11,6 +12,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shlex
+import subprocess
+import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,14 +99,86 @@ def test_app_installs_the_cpu_torch_wheel_before_the_project(stages: dict[str, S
     assert stages["app"].values("COPY") == ["--from=app-build /opt/venv /opt/venv"]
 
 
-def test_predictor_pins_tensorrt_llm_1_2_and_keeps_the_base_torch(stages: dict[str, Stage]) -> None:
-    runs = stages["predictor"].runs()
-    assert re.search(r'pip install -c /tmp/constraints\.txt "tensorrt-llm==1\.2\.\*"', runs)
-    assert "import torch; print(f'torch=={torch.__version__}')\" > /tmp/constraints.txt" in runs
-    assert "if not d.startswith('torch')" in runs, "the project's torch pin must not replace the CUDA build"
-    assert "v.startswith('1.2.')" in runs, "the build verifies the installed tensorrt_llm version"
-    assert "download.pytorch.org" not in runs
+def _step(runs: list[str], pattern: str) -> int:
+    matches = [i for i, run in enumerate(runs) if re.search(pattern, run)]
+    assert len(matches) == 1, f"expected one RUN matching {pattern!r}, found {len(matches)}"
+    return matches[0]
+
+
+def test_predictor_installs_tensorrt_llm_first_and_keeps_its_stack(stages: dict[str, Stage]) -> None:
+    """tensorrt-llm 1.2 pins transformers 4.57.1, xgrammar 0.1.25, numpy<2, fastapi<=0.121.3 and torch 2.9,
+    which pyproject.toml contradicts: one resolve of both cannot succeed, so TensorRT-LLM installs alone
+    (base torch held), its pins become the constraints, only what the image lacks is added under them,
+    and the project goes in with --no-deps."""
+    runs = stages["predictor"].values("RUN")
+    trtllm = _step(runs, r'pip install -c /tmp/torch\.txt "tensorrt-llm==1\.2\.\*"')
+    assert "import torch; print(f'torch=={torch.__version__}')\" > /tmp/torch.txt" in runs[trtllm], (
+        "the base's CUDA torch must be held while tensorrt-llm installs"
+    )
+    assert "-r " not in runs[trtllm], "tensorrt-llm installs alone: nothing of pyproject.toml joins its resolve"
+    assert "v.startswith('1.2.')" in runs[trtllm], "the build verifies the installed tensorrt_llm version"
+    pins = _step(runs, r"> /tmp/trtllm-pins\.txt")
+    freeze = _step(runs, r"pip list --format=freeze > /tmp/trtllm-stack\.txt")
+    extras = _step(runs, r"pip install -c /tmp/trtllm-pins\.txt -r /tmp/requirements\.txt")
+    project = _step(runs, r"pip install --no-deps /src\b")
+    assert trtllm <= pins and trtllm <= freeze and max(pins, freeze) < extras < project
+    assert "requires('tensorrt_llm')" in runs[pins] and "'torch==' + version('torch')" in runs[pins]
+    installs = [run for run in runs if "pip install" in run]
+    assert len(installs) == 3, "only the three steps install anything"
+    assert "--no-deps" not in runs[extras] and "--force-reinstall" not in runs[extras]
+    assert "v.startswith('1.2.')" in runs[project], "still 1.2.x after everything else went in"
+    assert re.search(r"import engine\.predictor, engine\.backends\.trtllm", runs[project]), "smoke-test the serving path"
+    assert "llava-labeler serve --help" in runs[project]
+    assert "download.pytorch.org" not in "\n".join(runs)
     assert "HF_HUB_OFFLINE=1" in " ".join(stages["predictor"].values("ENV")), "weights come from /mnt/models only"
+
+
+def _python_script(run: str, output: str) -> str:
+    """The `python3 -c "..."` of a RUN step that writes `output`."""
+    command = next(part for part in run.split(" && ") if f"> {output}" in part).split(f" > {output}")[0]
+    argv = shlex.split(command)
+    assert argv[:2] == ["python3", "-c"], argv[:2]
+    return argv[2]
+
+
+def test_predictor_constraints_are_tensorrt_llms_declared_pins(stages: dict[str, Stage]) -> None:
+    """Run the stage's pin extraction, with an installed package (kserve: extras, markers) standing in."""
+    runs = stages["predictor"].values("RUN")
+    script = _python_script(runs[_step(runs, r"> /tmp/trtllm-pins\.txt")], "/tmp/trtllm-pins.txt")
+    out = subprocess.run([sys.executable, "-c", script.replace("'tensorrt_llm'", "'kserve'")],
+                         capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
+    from importlib.metadata import version
+
+    assert out[-2:] == [f"torch=={version('torch')}", f"tensorrt-llm=={version('kserve')}"]
+    assert any(re.fullmatch(r"uvicorn[<>=!~][^\[]*", line) for line in out), "uvicorn[standard]'s specifier, extras dropped"
+    assert all("[" not in line and "@" not in line and "extra" not in line for line in out), (
+        "pip refuses extras and URLs in constraints"
+    )
+
+
+def test_predictor_adds_only_what_the_tensorrt_llm_stack_lacks(stages: dict[str, Stage], tmp_path: Path) -> None:
+    """Run the stage's requirement filter on pyproject.toml and a stand-in for TensorRT-LLM 1.2's stack."""
+    runs = stages["predictor"].values("RUN")
+    script = _python_script(runs[_step(runs, r"> /tmp/requirements\.txt")], "/tmp/requirements.txt")
+    stack = tmp_path / "trtllm-stack.txt"
+    stack.write_text("\n".join([
+        "tensorrt_llm==1.2.0", "torch==2.9.0a0+50eac811a6.nv25.10", "transformers==4.57.1", "xgrammar==0.1.25",
+        "numpy==1.26.4", "huggingface_hub==0.36.2", "tokenizers==0.22.2", "safetensors==0.6.2", "fastapi==0.121.3",
+        "starlette==0.49.1", "pydantic==2.12.4", "pydantic-settings==2.11.0", "Pillow==12.0.0", "jsonschema==4.25.1",
+        "prometheus_client==0.23.1", "accelerate==1.11.0", "peft==0.17.1", "httpx==0.28.1", "fsspec==2024.9.0",
+        "etcd3 @ git+https://github.com/kragniz/python-etcd3.git",
+    ]) + "\n")  # fmt: skip
+    script = script.replace("/tmp/trtllm-stack.txt", str(stack)).replace("/src/pyproject.toml", str(REPO / "pyproject.toml"))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+    names = {re.match(r"[A-Za-z0-9._-]+", line).group().lower() for line in out}
+    assert "kserve==0.19.*" in out, "kserve 0.20+ needs starlette>=1.0.1; TensorRT-LLM 1.2's fastapi needs <0.51"
+    for kept in ("transformers", "xgrammar", "numpy", "huggingface-hub", "fastapi", "pydantic", "pillow", "fsspec"):
+        assert kept not in names, f"{kept}: TensorRT-LLM's version must win, not pyproject.toml's"
+    assert "torch" not in names and "streamlit" not in names
+    for needed in ("typer", "sqlalchemy", "alembic", "psycopg2-binary", "celery", "kubernetes"):
+        assert needed in names, f"{needed} is missing from the predictor/retrain image"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert set(out) - {"kserve==0.19.*"} <= set(pyproject), "the other extras keep pyproject.toml's specifiers"
 
 
 @pytest.mark.parametrize("stage", ["app", "predictor"])

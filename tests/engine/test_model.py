@@ -92,3 +92,12 @@ def test_device_and_dtype_choice_on_cpu():
         pick_device("cuda")
     with pytest.raises(EngineError, match="unknown dtype 'fp8'"):
         pick_dtype(torch.device("cpu"), "fp8")
+
+
+def test_saved_tokenizer_config_is_readable_by_transformers_4(tiny_model_dir):
+    """The predictor image runs TensorRT-LLM 1.2, which pins transformers 4.57: it must read what 5.x saved."""
+    config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"  # 5.x writes TokenizersBackend, unknown to 4.x
+    assert isinstance(config.get("extra_special_tokens", {}), dict)  # 4.x reads a {name: token} mapping
+    loaded = load_model(tiny_model_dir)
+    assert "token_type_ids" not in loaded.processor.tokenizer("USER: hi").keys()  # generate() refuses them
