@@ -5,7 +5,9 @@ of 16 in little more time than one, so the batcher holds the oldest waiting item
 to `max_wait_ms` while others arrive and then hands up to `max_batch_size` items to the
 backend in one `generate` call. Calls run one at a time on a dedicated thread (a backend
 is not re-entrant, and the event loop must stay free to accept requests); while one
-batch runs, the next one fills. `max_batch_size=1` turns batching off.
+batch runs, the next one fills, and a partial batch waits up to `max_wait_ms` after the
+engine frees up, so the callers just answered can join it. `max_batch_size=1` turns
+batching off.
 
 An item whose caller gave up (timeout, disconnect) is dropped before it reaches the
 engine; a full queue refuses new work instead of growing without bound.
@@ -55,6 +57,7 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._engine_free_at = 0.0
 
     async def submit(self, requests: Sequence[GenerationRequest], *, timeout_s: float) -> list[GenerationResult]:
         """Results for `requests`, in order, once the batches holding them have run."""
@@ -98,7 +101,10 @@ class Batcher:
                 break
             self._wakeup.clear()
             await self._wakeup.wait()
-        deadline = self._items[0].enqueued + self.max_wait_s
+        # Wait from the later of the oldest item's arrival and the engine becoming free: items that
+        # queued up during the last batch would otherwise leave at once, half full, while the callers
+        # that batch just answered are about to send their next items (two half batches alternating).
+        deadline = max(self._items[0].enqueued, self._engine_free_at) + self.max_wait_s
         while len(self._items) < self.max_batch_size and (remaining := deadline - time.monotonic()) > 0:
             self._wakeup.clear()
             try:
@@ -129,6 +135,8 @@ class Batcher:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
+            finally:
+                self._engine_free_at = time.monotonic()
             for item, result in zip(batch, results):
                 if not item.future.done():
                     item.future.set_result(result)

@@ -145,3 +145,24 @@ def test_a_failing_batch_fails_its_callers_and_the_next_batch_runs():
         return result
 
     assert run(main()).text == "fine"
+
+
+def test_callers_answered_by_a_batch_join_the_next_one_instead_of_alternating_half_batches():
+    """Four clients start with the engine idle, four more while their batch runs; each client sends its
+    next item as soon as it has its answer. The late four must wait for the first four to come back."""
+    generate = RecordingGenerate(delay_s=0.1)
+    batcher = Batcher(generate, max_batch_size=8, max_wait_ms=25, max_queue=100)
+
+    async def client(name: str, start_s: float) -> None:
+        await asyncio.sleep(start_s)
+        for turn in range(5):
+            await batcher.submit([req(f"{name}-{turn}")], timeout_s=10)
+
+    async def main() -> None:
+        await asyncio.gather(*(client(f"early{i}", 0.0) for i in range(4)), *(client(f"late{i}", 0.06) for i in range(4)))
+        await batcher.close()
+
+    run(main())
+    sizes = [len(batch) for batch in generate.batches]
+    assert sizes[0] == 4 and sum(sizes) == 40
+    assert sizes[1:5] == [8, 8, 8, 8], sizes  # not [4, 4, 4, 4, ...]
