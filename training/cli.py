@@ -147,8 +147,12 @@ def _with_progress(work, total: int):
 def demo_model(
     out: Annotated[Path, typer.Option(help="Where the demo checkpoint goes.")] = Path("build/demo-model"),
     force: Annotated[bool, typer.Option(help="Rebuild even when OUT already holds a model.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when the model misses the demo's quality targets.")] = False,
 ) -> None:
-    """Train the demo model from scratch on the shapes world (stage 1 + stage 2) and print its scores."""
+    """Train the demo model from scratch on the shapes world (stage 1 + stage 2) and print its scores.
+
+    Missed quality targets are reported, and the model is kept (it is usable, only weaker);
+    `--strict` turns them into a failure, for a quality gate."""
     from training.demo import build_demo, missed_targets
 
     if (out / "config.json").exists() and not force:
@@ -156,8 +160,10 @@ def demo_model(
         return
     scores = build_demo(out, echo=typer.echo)
     missed = missed_targets(scores)
-    if missed:
+    if missed and strict:
         fail("the demo model missed its targets: " + "; ".join(missed))
+    if missed:
+        typer.echo("warning: the demo model missed its targets: " + "; ".join(missed), err=True)
 
 
 def register(app: typer.Typer) -> None:

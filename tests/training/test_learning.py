@@ -1,0 +1,42 @@
+"""The one real learning check: a small shapes-world model trained from scratch reads the image.
+
+The demo recipe with a quarter of the data and fewer steps (about 3.5 minutes on 2 cores). Every
+step is seeded, so the scores are the same on every run (on one torch build and thread count); the
+bars sit under them and over chance, so a model that ignores the image (or a tower that cannot tell
+shapes apart) fails.
+"""
+
+import dataclasses
+import json
+
+import pytest
+
+from engine.model import load_model
+from training.demo import Recipe, build_demo
+
+SMALL = dataclasses.replace(
+    Recipe(),
+    train_images=3000,
+    eval_images=40,
+    vision_steps=400,
+    language_steps=300,
+    pretrain_steps=150,
+    finetune_steps=300,
+)
+
+
+@pytest.mark.slow
+def test_a_small_model_learns_to_read_the_image(tmp_path):
+    lines: list[str] = []
+    scores = build_demo(tmp_path / "model", SMALL, echo=lines.append)
+    table = "\n".join(lines[-2:])
+    # Chance: colour 1/6, shape 1/4 (the answer priors of the training mix are uniform).
+    # Measured with this seed: colour 95%, shape 52.5% (n=40; shape >= 40% happens by chance with p ~ 2%).
+    assert scores["color"]["vqa_accuracy"] >= 0.6, table
+    assert scores["shape"]["vqa_accuracy"] >= 0.4, table
+    assert scores["json"]["validity"] == 1.0, table
+    summary = json.loads((tmp_path / "model" / "demo_metrics.json").read_text())
+    assert summary["scores"] == scores
+    assert set(summary["steps"]) == {"data", "init", "vision", "language", "stage 1", "stage 2", "eval"}
+    assert not (tmp_path / "model.work").exists()
+    load_model(tmp_path / "model")
