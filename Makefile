@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 INSTALL_VERSION := 1
 DEPS_HASH := $(shell (cat pyproject.toml; echo $(INSTALL_VERSION)) | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.deps-$(DEPS_HASH)
-TINY_MODEL := build/tiny-model
+DEMO_MODEL := build/demo-model
+DATA := build/shapes
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean demo-model
 
 # Dependencies are installed once per pyproject/Makefile version (torch first: its CPU wheel here,
 # a plain requirement would pull a multi-GB CUDA build); the project itself is re-pointed at this
@@ -26,18 +27,30 @@ install: $(STAMP)
 	@$(BIN)/python -c "import engine, pathlib, sys; sys.exit(pathlib.Path(engine.__file__).resolve().parents[1] != pathlib.Path.cwd().resolve())" \
 		|| $(BIN)/python -m pip install -q --no-deps -e .
 
-$(TINY_MODEL)/config.json: | install
-	$(BIN)/llava-labeler model init-tiny $(TINY_MODEL)
+# The demo model: a tiny LLaVA-1.5 trained from scratch on the shapes world (about 10 minutes on 2 cores), built once.
+$(DEMO_MODEL)/config.json: | install
+	$(BIN)/llava-labeler demo-model --out $(DEMO_MODEL)
 
-run: install $(TINY_MODEL)/config.json
-	@for image in tests/data/images/*.png; do \
-		echo "== $$image"; \
-		$(BIN)/llava-labeler predict --model $(TINY_MODEL) --image $$image --max-new-tokens 24 || exit 1; \
-		$(BIN)/llava-labeler predict --model $(TINY_MODEL) --image $$image --question "What shapes are there?" \
-			--schema tests/data/schemas/shapes.json --max-new-tokens 64 || exit 1; \
-	done
+demo-model: install $(DEMO_MODEL)/config.json
 
-test: install
+# The main job on the embedded default (SQLite database, SQLite broker, the demo model in-process):
+# label the shapes world's held-out images as JSON and as captions, score them against the ground
+# truth, write the exports. Afterwards `llava-labeler ui` opens the jobs for review.
+$(DATA)/eval-json.jsonl: | install
+	$(BIN)/llava-labeler data shapes --out $(DATA) --n 1 --n-eval 100 --seed 0
+
+run: install $(DEMO_MODEL)/config.json $(DATA)/eval-json.jsonl
+	$(BIN)/llava-labeler run $(DATA)/eval-json.jsonl --task json --schema $(DATA)/schema.json \
+		--name "shapes: JSON labels" --max-new-tokens 64
+	$(BIN)/llava-labeler run $(DATA)/eval-caption.jsonl --task caption --name "shapes: captions" --max-new-tokens 32
+	@echo "review the results: $(BIN)/llava-labeler ui   (http://127.0.0.1:8501)"
+
+# The console's browser test drives Debian's chromium (Playwright's own browser download fails here).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: install $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
