@@ -271,3 +271,15 @@ def test_validators_catch_a_misspelled_field(production_release, kind: str, path
     target[field] = 1
     with pytest.raises(Exception, match=field):
         validate_manifest(manifest)
+
+
+def test_retrain_writes_versions_where_the_storage_uri_it_patches_points(release) -> None:
+    """A promoted version goes to MODEL_STORE_PATH/<name> and the predictor is patched to MODEL_STORE_URI/<name>:
+    with the claim's root mounted at /mnt/model-store, the path must follow the URI's path inside the claim."""
+    env = {name: entry.get("value") for name, entry in release.pod("retrain").env().items()}
+    uri = release.values["retrain"]["modelStoreUri"]
+    assert env["LLAVA_LABELER_ROLLOUT__MODEL_STORE_URI"] == uri
+    if uri.startswith("pvc://"):
+        claim, _, inside = uri.removeprefix("pvc://").partition("/")
+        assert env["LLAVA_LABELER_ROLLOUT__MODEL_STORE_PATH"] == f"/mnt/model-store/{inside}".rstrip("/")
+    assert env["LLAVA_LABELER_ENGINE__MODEL"] == release.values["retrain"]["baseModel"]  # the first retrain's start
