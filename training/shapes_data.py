@@ -52,7 +52,9 @@ PLACE_PHRASES = {
 }
 QUESTION_TYPES = ("color", "shape", "count", "position", "pope", "mc", "json")
 # Counting is the hardest skill for a small model: it gets twice the share of questions.
-TYPE_WEIGHTS = {"color": 1, "shape": 1, "count": 2, "position": 1, "pope": 1, "mc": 1, "json": 1}
+# Captions stay in the stage-2 mix (LLaVA's 665K mix keeps description data too): without
+# them the finetuned model forgot how to caption and answered every caption request in a word.
+TYPE_WEIGHTS = {"color": 1, "shape": 1, "count": 2, "position": 1, "pope": 1, "mc": 1, "json": 1, "caption": 1}
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Question:
     """One question about a scene, and how the engine should ask it."""
 
     type: str
-    task: str  # engine task: "vqa" or "json"
+    task: str  # engine task: "vqa", "json" or "caption"
     question: str
     answer: str  # the reference answer text the model is trained to give
     options: tuple[str, ...] | None = None
@@ -163,6 +165,10 @@ def json_answer(scene: Scene) -> str:
     return json.dumps(scene.truth(), separators=(", ", ": "))
 
 
+def _caption(scene: Scene, rng: random.Random) -> Question:
+    return Question("caption", "caption", rng.choice(CAPTION_INSTRUCTIONS), caption(scene))
+
+
 ASK: dict[str, Callable[[Scene, random.Random], Question]] = {
     "color": _color,
     "shape": _shape,
@@ -171,6 +177,7 @@ ASK: dict[str, Callable[[Scene, random.Random], Question]] = {
     "pope": _pope,
     "mc": _multiple_choice,
     "json": _json,
+    "caption": _caption,
 }
 
 

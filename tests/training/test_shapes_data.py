@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from engine import prompts
 from engine.structured import GrammarCache
 from labeler.cli import app
-from training.shapes_data import QUESTION_TYPES
+from training.shapes_data import CAPTION_INSTRUCTIONS, QUESTION_TYPES
 from training.world import COLOURS, SHAPES, shapes_schema
 
 SHORT = "\n" + prompts.SHORT_ANSWER
@@ -71,6 +71,9 @@ def test_stage2_mix_uses_the_papers_prompts_and_is_consistent_with_the_truth(sha
                 seen["json"] += 1
                 assert json.loads(answer) == {"shape": truth["shape"], "color": truth["colour"], "count": truth["count"], "position": truth["position"]}
                 assert question == prompts.build_instruction("json", question.split("\n")[0], schema=shapes_schema())
+            elif question in CAPTION_INSTRUCTIONS:
+                seen["caption"] += 1
+                assert truth["colour"] in answer.lower() and truth["shape"] in answer.lower(), answer
             elif question.endswith(prompts.MULTIPLE_CHOICE):
                 seen["mc"] += 1
                 lines = question.split("\n")
@@ -88,7 +91,7 @@ def test_stage2_mix_uses_the_papers_prompts_and_is_consistent_with_the_truth(sha
                     assert (answer == "Yes") == present, question
                 elif question.startswith("How many"):
                     assert answer == str(truth["count"])
-    assert seen["json"] and seen["mc"] and seen["short"] and seen["Yes"] and seen["No"]
+    assert seen["json"] and seen["mc"] and seen["short"] and seen["Yes"] and seen["No"] and seen["caption"]
 
 
 def test_eval_split_has_every_question_type_with_ground_truth(shapes_dir):
