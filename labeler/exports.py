@@ -19,7 +19,7 @@ prediction after an `accept` or with no review yet, nothing after a `reject`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -151,32 +151,39 @@ def _coco(db: Database, job: Job, handle: IO[str]) -> int:
     return count
 
 
-def _llava(db: Database, job: Job, handle: IO[str], include_unreviewed: bool) -> int:
+def llava_records(
+    db: Database, job: Job, *, include_unreviewed: bool = False, item_ids: Collection[int] | None = None
+) -> Iterator[tuple[dict[str, Any], Row]]:
+    """The job's labels as LLaVA-1.5 training records (reviewed ones only unless `include_unreviewed`;
+    only `item_ids` when given), each with its row: the `llava` export and the retrain's data."""
     options = job.generation.get("options")
     unanswerable = bool(job.generation.get("unanswerable", False))
+    for row in iter_rows(db, job.id, done_only=True):
+        if item_ids is not None and row.item.id not in item_ids:
+            continue
+        label = row.label()
+        if label is None or (row.review is None and not include_unreviewed):
+            continue
+        question = build_instruction(
+            job.task,  # type: ignore[arg-type]
+            row.item.question or job.instruction,
+            schema=job.schema,
+            options=options,
+            unanswerable=unanswerable,
+        )
+        record = {
+            "id": f"job{job.id}-item{row.item.id}",
+            "image": row.item.uri,
+            "conversations": [
+                {"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"},
+                {"from": "gpt", "value": label_text(label)},
+            ],
+        }
+        yield record, row
 
-    def records() -> Iterator[dict[str, Any]]:
-        for row in iter_rows(db, job.id, done_only=True):
-            label = row.label()
-            if label is None or (row.review is None and not include_unreviewed):
-                continue
-            question = build_instruction(
-                job.task,  # type: ignore[arg-type]
-                row.item.question or job.instruction,
-                schema=job.schema,
-                options=options,
-                unanswerable=unanswerable,
-            )
-            yield {
-                "id": f"job{job.id}-item{row.item.id}",
-                "image": row.item.uri,
-                "conversations": [
-                    {"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"},
-                    {"from": "gpt", "value": label_text(label)},
-                ],
-            }
 
-    count = _write_array(handle, records())
+def _llava(db: Database, job: Job, handle: IO[str], include_unreviewed: bool) -> int:
+    count = _write_array(handle, (record for record, _ in llava_records(db, job, include_unreviewed=include_unreviewed)))
     handle.write("\n")
     return count
 

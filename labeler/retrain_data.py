@@ -71,7 +71,7 @@ def build(db: Database, settings: Settings, reviewed: dict[int, set[int]], workd
     images = workdir / "images"
     records: list[tuple[dict[str, Any], Job, Item]] = []
     for job_id, item_ids in sorted(reviewed.items()):
-        records += _reviewed_records(db, job_id, item_ids, workdir / "exports")
+        records += _reviewed_records(db, job_id, item_ids)
     if len(records) < 2:
         raise RetrainDataError(f"{len(records)} reviewed records could be exported; a retrain needs at least 2")
     held = _held_out(len(records), options)
@@ -91,16 +91,11 @@ def build(db: Database, settings: Settings, reviewed: dict[int, set[int]], workd
     return RetrainData(workdir / "train.json", workdir / "eval.json", images, counts)
 
 
-def _reviewed_records(db: Database, job_id: int, item_ids: set[int], folder: Path) -> list[tuple[dict[str, Any], Job, Item]]:
-    """The job's llava export, restricted to `item_ids`, with each record's job and item."""
-    path = folder / f"job-{job_id}{exports.SUFFIX['llava']}"
-    exports.export(db, job_id, "llava", path)
-    wanted = {f"job{job_id}-item{item_id}": item_id for item_id in item_ids}
-    kept = [record for record in json.loads(path.read_text()) if record["id"] in wanted]
+def _reviewed_records(db: Database, job_id: int, item_ids: set[int]) -> list[tuple[dict[str, Any], Job, Item]]:
+    """The job's llava export records for `item_ids`, with each record's job and item."""
     with db.read() as session:
         job = session.get(Job, job_id)
-        items = {item.id: item for item in session.scalars(select(Item).where(Item.id.in_([wanted[r["id"]] for r in kept])))}
-    return [(record, job, items[wanted[record["id"]]]) for record in kept]  # type: ignore[misc]
+    return [(record, job, row.item) for record, row in exports.llava_records(db, job, item_ids=item_ids)]  # type: ignore[arg-type]
 
 
 def _held_out(n: int, options: RetrainSettings) -> set[int]:
