@@ -14,6 +14,10 @@ import typer
 
 from engine.cli import fail
 
+WithholdColours = Annotated[
+    Optional[list[str]],
+    typer.Option(help="Keep this colour out of the image-text training data (repeat); the held-out split keeps it."),
+]
 data_app = typer.Typer(help="Build training and evaluation data.", no_args_is_help=True)
 
 
@@ -24,15 +28,22 @@ def data_shapes(
     seed: Annotated[int, typer.Option(help="Same seed, same data set.")] = 0,
     n_eval: Annotated[int, typer.Option(min=0, help="Held-out evaluation images.")] = 200,
     noise: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of images with background noise.")] = 0.3,
+    withhold_colour: WithholdColours = None,
 ) -> None:
     """Render the shapes world: stage-1 captions, the stage-2 instruction mix and a held-out eval split."""
     from rich.progress import Progress
 
     from training.shapes_data import write_dataset
 
-    with Progress(transient=True) as bar:
-        task = bar.add_task("rendering", total=n + n_eval)
-        counts = write_dataset(out, n, seed, n_eval=n_eval, noise_fraction=noise, progress=lambda k: bar.advance(task, k))
+    try:
+        with Progress(transient=True) as bar:
+            task = bar.add_task("rendering", total=n + n_eval)
+            counts = write_dataset(
+                out, n, seed, n_eval=n_eval, noise_fraction=noise, withhold_colours=tuple(withhold_colour or ()),
+                progress=lambda k: bar.advance(task, k),
+            )  # fmt: skip
+    except ValueError as exc:
+        fail(str(exc))
     typer.echo(f"shapes world written to {out}: {json.dumps(counts)}")
 
 
@@ -148,18 +159,26 @@ def demo_model(
     out: Annotated[Path, typer.Option(help="Where the demo checkpoint goes.")] = Path("build/demo-model"),
     force: Annotated[bool, typer.Option(help="Rebuild even when OUT already holds a model.")] = False,
     strict: Annotated[bool, typer.Option(help="Exit 1 when the model misses the demo's quality targets.")] = False,
+    withhold_colour: WithholdColours = None,
 ) -> None:
     """Train the demo model from scratch on the shapes world (stage 1 + stage 2) and print its scores.
 
     Missed quality targets are reported, and the model is kept (it is usable, only weaker);
     `--strict` turns them into a failure, for a quality gate."""
-    from training.demo import build_demo, missed_targets
+    from training.demo import Recipe, build_demo, missed_targets
+    from training.world import COLOURS
 
     if (out / "config.json").exists() and not force:
         typer.echo(f"{out} already holds a model (--force rebuilds it)")
         return
-    scores = build_demo(out, echo=typer.echo)
+    unknown = sorted(set(withhold_colour or ()) - set(COLOURS))
+    if unknown:
+        fail(f"unknown colour(s) to withhold: {', '.join(unknown)} (the world's colours: {', '.join(COLOURS)})")
+    scores = build_demo(out, Recipe(withheld_colours=tuple(withhold_colour or ())), echo=typer.echo)
     missed = missed_targets(scores)
+    if withhold_colour:  # weak on purpose: the targets are for the full model
+        typer.echo(f"a deliberately weak model: {', '.join(withhold_colour)} never appeared in its image-text data")
+        return
     if missed and strict:
         fail("the demo model missed its targets: " + "; ".join(missed))
     if missed:

@@ -82,6 +82,8 @@ class Recipe:
     finetune_lr: float = 1e-3
     batch_size: int = 32
     max_length: int = 400
+    # Colours kept out of the image-text data (a deliberately weak model for the loop demo).
+    withheld_colours: tuple[str, ...] = ()
     # LLaVA-1.5 keeps its pretrained CLIP tower frozen in both stages; so does the demo once its tower is pretrained.
     train_tower: tuple[bool, bool] = (False, False)
 
@@ -145,8 +147,11 @@ def build_demo(out: str | Path, recipe: Recipe = Recipe(), *, echo: Callable[[st
 
     step(
         "data",
-        f"llava-labeler data shapes --out {data} --n {recipe.train_images} --seed {recipe.seed} --n-eval {recipe.eval_images}",
-        lambda: write_dataset(data, recipe.train_images, recipe.seed, n_eval=recipe.eval_images),
+        f"llava-labeler data shapes --out {data} --n {recipe.train_images} --seed {recipe.seed} --n-eval {recipe.eval_images}"
+        + "".join(f" --withhold-colour {colour}" for colour in recipe.withheld_colours),
+        lambda: write_dataset(
+            data, recipe.train_images, recipe.seed, n_eval=recipe.eval_images, withhold_colours=recipe.withheld_colours
+        ),
     )
     step("init", f"tiny model {recipe.spec} with a shapes-world tokenizer", lambda: _init(base, recipe, data))
     if recipe.vision_steps:

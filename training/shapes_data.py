@@ -11,6 +11,11 @@
   only: the language a from-scratch LLM learns before alignment (LLaVA starts from a
   pretrained Vicuna; the demo model has to make its own);
 - `eval.json`: one question of every type per held-out image, with its ground truth;
+- `withhold_colours`: training images of these colours stay out of the image-text data
+  (`pretrain.json`, `finetune.json`) but keep their place in `scenes.json` (the vision
+  tower's pretraining) and `text.json` (the LLM's language): like a LLaVA whose CLIP and
+  Vicuna know purple but whose instruction data never showed it. The loop demo starts
+  from such a weak model; the held-out split keeps every colour;
 - `schema.json`: the shapes schema (for `predict --schema`).
 
 The user-turn text of every question is built by `engine.prompts.build_instruction`,
@@ -250,11 +255,15 @@ def write_dataset(
     n_eval: int = 200,
     noise_fraction: float = 0.3,
     max_turns: int = 4,
+    withhold_colours: tuple[str, ...] = (),
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Render `n` training and `n_eval` held-out images under `out` and write the JSON files."""
     if n < 1 or n_eval < 0:
         raise ValueError("need n >= 1 training images and n_eval >= 0")
+    unknown = sorted(set(withhold_colours) - set(COLOURS))
+    if unknown:
+        raise ValueError(f"unknown colour(s) to withhold: {', '.join(unknown)} (the world's colours: {', '.join(COLOURS)})")
     out = Path(out)
     prefix = f"shapes-{seed}"
     pretrain, finetune, text, evaluation, scenes = [], [], [], [], []
@@ -269,18 +278,17 @@ def write_dataset(
             scenes.append({"image": image, "split": split, **scene.to_dict()})
             if split == "train":
                 instruction = rng.choice(CAPTION_INSTRUCTIONS)
-                pretrain.append(
-                    {
-                        "id": f"{prefix}-cap-{i:06d}",
-                        "image": image,
-                        "conversations": [
-                            {"from": "human", "value": f"{prompts.IMAGE_TOKEN}\n{prompts.build_instruction('caption', instruction)}"},
-                            {"from": "gpt", "value": caption(scene)},
-                        ],
-                    }
-                )
-                mix = _instruction_mix(scene, rng, max_turns)
-                finetune.append({"id": f"{prefix}-mix-{i:06d}", "image": image, "conversations": conversation(mix)})
+                user = f"{prompts.IMAGE_TOKEN}\n{prompts.build_instruction('caption', instruction)}"
+                mix = _instruction_mix(scene, rng, max_turns)  # drawn for every scene: the random stream stays aligned
+                if scene.colour not in withhold_colours:
+                    pretrain.append(
+                        {
+                            "id": f"{prefix}-cap-{i:06d}",
+                            "image": image,
+                            "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": caption(scene)}],
+                        }
+                    )
+                    finetune.append({"id": f"{prefix}-mix-{i:06d}", "image": image, "conversations": conversation(mix)})
                 described = [Question("caption", "caption", instruction, caption(scene))] + _instruction_mix(scene, rng, max_turns)
                 text.append({"id": f"{prefix}-text-{i:06d}", "conversations": conversation(described, caption(scene))})
             else:

@@ -150,3 +150,25 @@ def test_eval_manifests_are_labeler_jobs_with_the_ground_truth(shapes_dir):
         assert line["reference"] == {k: scene[k] for k in ("shape", "count", "position")} | {"color": scene["colour"]}
         assert line["question"]
     assert all(scenes[c["image"].removeprefix("images/")]["shape"] in c["reference"] for c in captions)
+
+
+def test_withheld_colours_leave_the_image_text_data_only(tmp_path):
+    """The loop demo's weak model: no image-text record shows a withheld colour; the tower's scenes,
+    the LLM's text and the held-out split keep every colour, and the other records are unchanged."""
+    runner = CliRunner()
+    args = ["data", "shapes", "--n", "60", "--seed", "3", "--n-eval", "12"]
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "all")]).exit_code == 0
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "weak"), "--withhold-colour", "purple", "--withhold-colour", "orange"])
+    assert result.exit_code == 0, result.output
+    scenes = {s["image"]: s for s in _load(tmp_path / "weak", "scenes.json")}
+    withheld = {image for image, s in scenes.items() if s["split"] == "train" and s["colour"] in ("purple", "orange")}
+    assert withheld, "seed 3 draws some purple or orange training images"
+    for name in ("pretrain.json", "finetune.json"):
+        everything, kept = _load(tmp_path / "all", name), _load(tmp_path / "weak", name)
+        assert [r for r in everything if r["image"] not in withheld] == kept
+        assert all("purple" not in turn["value"] and "orange" not in turn["value"] for r in kept for turn in r["conversations"][1::2])
+    for name in ("text.json", "eval.json", "scenes.json"):
+        assert (tmp_path / "all" / name).read_bytes() == (tmp_path / "weak" / name).read_bytes()
+
+    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "bad"), "--withhold-colour", "mauve"])
+    assert bad.exit_code == 1 and "unknown colour(s) to withhold: mauve" in bad.output
