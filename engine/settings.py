@@ -126,11 +126,17 @@ class RolloutSettings(BaseModel):
         default="", description="Storage URI the predictor downloads versions from (e.g. pvc://models/llava)."
     )
     model_store_path: Path | None = Field(
-        default=None, description="Local mount of model_store_uri; versions are written here (default: data_dir/models)."
+        default=None,
+        description="Local mount of model_store_uri; versions are written here. Unset with a store URI: versions are "
+        "uploaded to it with fsspec (s3://, gs://, ...); unset without one: data_dir/models.",
     )
     canary_traffic_percent: int | None = Field(
         default=None, ge=0, le=100, description="Send this share to the new model first; promote once it is ready."
     )
+    engine_build: bool = Field(
+        default=False, description="Compile a promoted checkpoint (`engine build`) before the roll-out: a TensorRT-LLM predictor."
+    )
+    engine_build_args: list[str] = Field(default_factory=list, description="More `llava-labeler engine build` options, as is.")
     ready_timeout_s: float = Field(default=1800.0, gt=0, description="How long a new revision may take to become ready.")
     poll_s: float = Field(default=10.0, gt=0, description="How often the InferenceService's status is read.")
 

@@ -10,18 +10,17 @@ One run:
 3. register the candidate (status `candidate`, its parent the active version);
 4. build train.json / eval.json (`retrain_data`), finetune from the active checkpoint
    (LoRA unless `--full`), evaluate candidate and active on the held-out reviews;
-5. promote when candidate score - active score >= the margin (roll-out first, so a
-   predictor that never takes the new model leaves the old one active); else the
-   candidate ends `rejected`. Any error ends it `failed`, the active version untouched.
+5. promote when candidate score - active score >= the margin; else the candidate ends
+   `rejected`. Promotion publishes first (`engine build` when the predictor runs
+   TensorRT-LLM; an upload when the model store is an object store, `model_store`), then
+   rolls out, then marks the version active, so a predictor that never takes the new
+   model leaves the old one active. Any error ends it `failed`, the active version untouched.
 Every count, score, the decision and its reason go on the candidate's `metrics["retrain"]`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +30,7 @@ from typing import Any
 from sqlalchemy import select
 
 from engine.settings import Settings
-from labeler import locks, registry, retrain_data, rollout
+from labeler import locks, model_store, registry, retrain_data, rollout, subcommands
 from labeler.db import Database
 from labeler.models import ModelVersion, utcnow
 from labeler.reading import ReadError
@@ -46,7 +45,15 @@ class RetrainError(RuntimeError):
 
 
 # Failures whose message is already a sentence for a person; anything else is shown with its type.
-EXPLAINED = (RetrainError, retrain_data.RetrainDataError, rollout.RolloutError, ReadError, RegistryError)
+EXPLAINED = (
+    RetrainError,
+    subcommands.CommandFailed,
+    model_store.ModelStoreError,
+    retrain_data.RetrainDataError,
+    rollout.RolloutError,
+    ReadError,
+    RegistryError,
+)
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,7 @@ class _Run:
     def _train_and_judge(
         self, name: str, parent: str, base: _Base, reviewed: dict[int, set[int]], facts: dict[str, Any]
     ) -> RetrainOutcome:
+        model_store.check(self.settings)
         work = Path(self.settings.data_dir).resolve() / "retrain" / name
         data = retrain_data.build(self.db, self.settings, reviewed, work)
         facts["data"] = data.counts
@@ -137,10 +145,11 @@ class _Run:
             f"retrain: data: {counts['train_reviewed']} reviewed + {counts['replay']} replay records to train on, "
             f"{counts['held_out']} held out"
         )
-        checkpoint = self._models_dir() / name
-        facts["training"] = self._train(base.uri, data, checkpoint, work)
+        checkpoint = model_store.versions_dir(self.settings) / name
+        start = model_store.local_copy(self.settings, base.uri)
+        facts["training"] = self._train(start, data, checkpoint, work)
         candidate = self._evaluate("candidate", str(checkpoint), data, work)
-        active = self._evaluate("active", base.uri, data, work)
+        active = self._evaluate("active", start, data, work)
         gain = candidate["score"] - active["score"]
         margin = self.options.margin
         facts["evaluation"] = {"candidate": candidate, "active": {"version": parent, **active}, "margin": margin}
@@ -151,12 +160,28 @@ class _Run:
             self.echo(f"retrain: rejected {name}: {reason}; {parent} stays active")
             return RetrainOutcome("rejected", reason, facts["reviews"], name, facts)
         reason = f"{verdict}, at least the margin {margin:+.4f}"
-        facts["rollout"] = rollout.roll_out(
-            self.settings.rollout, rollout.storage_uri(self.settings.rollout, name, str(checkpoint)), echo=self.echo
-        ).to_dict()
-        self._promote(name, {**facts, "decision": "promoted", "reason": reason})
+        uri, serving = self._publish(name, checkpoint, work)
+        facts["published"] = {"uri": uri, "serving_uri": serving}
+        facts["rollout"] = rollout.roll_out(self.settings.rollout, serving, echo=self.echo).to_dict()
+        self._promote(name, uri, {**facts, "decision": "promoted", "reason": reason})
         self.echo(f"retrain: promoted {name}: {reason}")
         return RetrainOutcome("promoted", reason, facts["reviews"], name, facts)
+
+    def _publish(self, name: str, checkpoint: Path, work: Path) -> tuple[str, str]:
+        """Compile the engines when the predictor runs TensorRT-LLM, upload to an object store when there is one;
+        (the URI the version records, the URI the predictor serves)."""
+        served, local = name, checkpoint
+        if self.settings.rollout.engine_build:
+            served, local = f"{name}-trtllm", checkpoint.with_name(f"{name}-trtllm")
+            args = ["engine", "build", "--model", str(checkpoint), "--out", str(local), *self.settings.rollout.engine_build_args]
+            self.echo(f"retrain: compiling {name} with TensorRT-LLM into {local}")
+            self._cli(args, work / "engine-build.log", "the TensorRT-LLM engine build")
+        uri = model_store.publish(self.settings, checkpoint, name)
+        if local != checkpoint:
+            model_store.publish(self.settings, local, served)
+        if model_store.uploads(self.settings):
+            self.echo(f"retrain: uploaded {name} to {uri}")
+        return uri, rollout.storage_uri(self.settings.rollout, served, str(local))
 
     # the database side
     def _base(self) -> _Base:
@@ -173,7 +198,7 @@ class _Run:
             parent = registry.get(session, base.name) if base.name else registry.version_for_uri(session, base.uri)
             taken = set(session.scalars(select(ModelVersion.name).where(ModelVersion.name.startswith(stem))))
             name = next(n for n in (stem, *(f"{stem}-{k}" for k in range(2, len(taken) + 3))) if n not in taken)
-            registry.register(session, name, str(self._models_dir() / name), parent=parent.name, metrics={"retrain": facts})
+            registry.register(session, name, str(model_store.versions_dir(self.settings) / name), parent=parent.name, metrics={"retrain": facts})
             return name, parent.name
 
         name, parent = self.db.retrying(add)
@@ -183,22 +208,17 @@ class _Run:
     def _conclude(self, name: str, status: str, facts: dict[str, Any]) -> None:
         self.db.retrying(lambda session: registry.conclude(session, name, status, {"retrain": facts}))
 
-    def _promote(self, name: str, facts: dict[str, Any]) -> None:
+    def _promote(self, name: str, uri: str, facts: dict[str, Any]) -> None:
         if not locks.still_held(self.db, self.lock):
             raise RetrainError("the retrain lock expired while training (raise retrain.lock_ttl_s); not promoting")
 
         def promote(session) -> None:
-            registry.conclude(session, name, "candidate", {"retrain": facts})
+            registry.conclude(session, name, "candidate", {"retrain": facts}).uri = uri
             registry.promote(session, name)
 
         self.db.retrying(promote)
 
     # the training side: processes and files
-    def _models_dir(self) -> Path:
-        """Where candidates are written: the mounted model store in a cluster, else data_dir/models (absolute:
-        workers elsewhere load the version's uri)."""
-        return (self.settings.rollout.model_store_path or Path(self.settings.data_dir) / "models").resolve()
-
     def _train(self, base_uri: str, data: retrain_data.RetrainData, checkpoint: Path, work: Path) -> dict[str, Any]:
         o = self.options
         args = ["train", "--stage", "finetune", "--model", base_uri, "--data", str(data.train), "--images", str(data.images)]
@@ -222,22 +242,7 @@ class _Run:
         return {"score": overall_score(table), "table": table}
 
     def _cli(self, args: list[str], log: Path, what: str) -> None:
-        """Run `llava-labeler ARGS` with this interpreter, its output echoed and kept in `log`."""
-        command = [sys.executable, "-c", "from labeler.cli import main; main()", *args]
-        env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
-        log.parent.mkdir(parents=True, exist_ok=True)
-        tail: list[str] = []
-        with log.open("w") as handle, subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        ) as process:
-            assert process.stdout is not None
-            for line in process.stdout:
-                handle.write(line)
-                self.echo(f"  | {line.rstrip()}")
-                tail = [*tail[-9:], line.rstrip()]
-        if process.returncode:
-            last = "; ".join(line for line in tail if line.strip())[-1500:]
-            raise RetrainError(f"{what} failed (exit {process.returncode}): {last} (log: {log})")
+        subcommands.run_command(args, log, what, self.echo)
 
 
 def _reviews_after(version: ModelVersion) -> datetime:

@@ -282,4 +282,22 @@ def test_retrain_writes_versions_where_the_storage_uri_it_patches_points(release
     if uri.startswith("pvc://"):
         claim, _, inside = uri.removeprefix("pvc://").partition("/")
         assert env["LLAVA_LABELER_ROLLOUT__MODEL_STORE_PATH"] == f"/mnt/model-store/{inside}".rstrip("/")
+    else:  # an object store: nothing mounted, so the retrain uploads each promoted version (labeler.model_store)
+        assert "LLAVA_LABELER_ROLLOUT__MODEL_STORE_PATH" not in env
     assert env["LLAVA_LABELER_ENGINE__MODEL"] == release.values["retrain"]["baseModel"]  # the first retrain's start
+
+
+def test_retrain_compiles_for_a_trtllm_predictor_and_the_settings_read_the_rendered_env(release, monkeypatch) -> None:
+    """The CronJob's environment, as the retrain's Settings reads it: a TensorRT-LLM predictor means an engine build."""
+    from engine.settings import Settings
+
+    env = {name: entry["value"] for name, entry in release.pod("retrain").env().items() if "value" in entry}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    trtllm = release.values["predictor"]["enabled"] and release.values["predictor"]["backend"] == "trtllm"
+    assert settings.rollout.engine_build is trtllm
+    if trtllm:
+        assert settings.rollout.engine_build_args == release.values["retrain"]["engineBuildArgs"]
+    assert settings.rollout.model_store_uri == release.values["retrain"]["modelStoreUri"]
+    assert settings.engine.model == release.values["retrain"]["baseModel"]

@@ -20,6 +20,7 @@ import pytest
 from engine.settings import RetrainSettings, RolloutSettings, Settings
 from labeler import jobs, locks
 from labeler.batches import BatchProcessor
+from labeler.model_store import ModelStoreError, publish
 from labeler.jobs import JobSpec
 from labeler.retrain import LOCK, RetrainError, overall_score
 from labeler.review import PredictionFilter
@@ -142,7 +143,10 @@ def test_promotes_by_the_margin_rolls_out_and_then_counts_only_newer_reviews(
     (tmp_path / "kubeconfig").write_text(json.dumps(kubeconfig))  # JSON is YAML
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
     store = "pvc://llava-labeler-models/llava-1.5-7b"
-    rollout = RolloutSettings(inference_service=NAME, namespace=NAMESPACE, model_store_uri=store, poll_s=0.01)
+    mount = tmp_path / "model-store"  # the chart mounts the claim and sets this path
+    rollout = RolloutSettings(
+        inference_service=NAME, namespace=NAMESPACE, model_store_uri=store, model_store_path=mount, poll_s=0.01
+    )
     replay = {"replay_file": _replay_file(tmp_path / "earlier", png), "replay_images": tmp_path / "earlier", "replay_count": 2}
     retrain = FAST.model_copy(update={"margin": -1.0, **replay})
     settings = labeler_settings().model_copy(update={"retrain": retrain, "rollout": rollout})
@@ -164,7 +168,8 @@ def test_promotes_by_the_margin_rolls_out_and_then_counts_only_newer_reviews(
     evaluation = facts["evaluation"]
     assert {"candidate", "active", "margin"} <= set(evaluation) and evaluation["active"]["version"] == base
     assert 0.0 <= evaluation["candidate"]["score"] <= 1.0 and facts["decision"] == "promoted" and "margin" in facts["reason"]
-    assert (Path(promoted.uri) / "config.json").is_file()
+    assert Path(promoted.uri) == mount.resolve() / outcome.candidate and (Path(promoted.uri) / "config.json").is_file()
+    assert facts["published"] == {"uri": promoted.uri, "serving_uri": f"{store}/{outcome.candidate}"}
     assert labeler.settings_for_new_jobs().engine.model == promoted.uri  # embedded workers: new jobs run the promoted checkpoint
     predictor_env = cluster.isvc["spec"]["predictor"]["containers"][0]["env"]
     assert {"name": "STORAGE_URI", "value": f"{store}/{outcome.candidate}"} in predictor_env  # the cluster's predictor
@@ -180,6 +185,63 @@ def test_promotes_by_the_margin_rolls_out_and_then_counts_only_newer_reviews(
     assert planned.decision == "dry-run" and planned.reviews == second_round  # the first round's reviews were used up
     assert f"would finetune {promoted.uri}" in planned.reason  # from the promoted version
     assert _versions(labeler).keys() == versions.keys()
+
+
+def test_an_object_store_gets_the_promoted_version_and_the_next_retrain_starts_from_it(
+    labeler_settings, review_round, tmp_path: Path
+) -> None:
+    """A real fsspec store (file://, the code path of s3:// and gs://): upload, record, download."""
+    store = f"file://{tmp_path / 'bucket' / 'llava'}"
+    settings = labeler_settings().model_copy(
+        update={"retrain": FAST.model_copy(update={"margin": -1.0}), "rollout": RolloutSettings(model_store_uri=store)}
+    )
+    labeler = Labeler(settings)
+    review_round(labeler, 0)
+    first = labeler.retrain(echo=lambda line: None)
+    version = _versions(labeler)[first.candidate]
+    assert version.status == "active" and version.uri == f"{store}/{first.candidate}"
+    assert (tmp_path / "bucket" / "llava" / first.candidate / "config.json").is_file()
+    assert first.metrics["published"] == {"uri": version.uri, "serving_uri": version.uri}
+
+    review_round(labeler, 1)
+    lines: list[str] = []
+    second = labeler.retrain(echo=lines.append)
+    assert second.decision == "promoted" and _versions(labeler)[second.candidate].parent == first.candidate
+    cached = Path(labeler.settings.data_dir) / "cache" / "models" / first.candidate
+    assert (cached / "config.json").is_file(), "the active version was downloaded to train from"
+    assert any(line.startswith(f"retrain: finetuning {cached} ") for line in lines)
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "config.json").write_text("{}")
+    with pytest.raises(ModelStoreError, match="already exists in the model store; not overwriting"):
+        publish(labeler.settings, again, first.candidate)
+
+
+def test_a_trtllm_predictor_needs_an_engine_build_and_without_tensorrt_llm_nothing_is_promoted(
+    labeler_settings, review_round, tmp_path: Path
+) -> None:
+    """This machine has no TensorRT-LLM (no GPU): the build step fails before promotion, as it must."""
+    store = f"file://{tmp_path / 'bucket'}"
+    rollout = RolloutSettings(model_store_uri=store, engine_build=True, engine_build_args=["--max-batch-size", "4"])
+    settings = labeler_settings().model_copy(update={"retrain": FAST.model_copy(update={"margin": -1.0}), "rollout": rollout})
+    labeler = Labeler(settings)
+    labeler.register_model_version("v1", labeler.settings.engine.model, status="active")
+    review_round(labeler, 0)
+    with pytest.raises(RetrainError, match="TensorRT-LLM engine build failed .*tensorrt_llm is not installed"):
+        labeler.retrain(echo=lambda line: None)
+    versions = _versions(labeler)
+    (failed,) = [v for v in versions.values() if v.name.startswith("retrain-")]
+    assert failed.status == "failed" and versions["v1"].status == "active"
+    assert not (tmp_path / "bucket").exists(), "nothing published"
+    assert "published" not in failed.metrics["retrain"] and "rollout" not in failed.metrics["retrain"]
+
+
+def test_a_volume_store_must_be_mounted(labeler_settings, review_round) -> None:
+    rollout = RolloutSettings(model_store_uri="pvc://models/llava")
+    labeler = Labeler(labeler_settings().model_copy(update={"retrain": FAST, "rollout": rollout}))
+    review_round(labeler, 0)
+    with pytest.raises(RetrainError, match="is a volume: mount it and set rollout.model_store_path"):
+        labeler.retrain(echo=lambda line: None)
 
 
 def test_the_cli_rejects_below_the_margin_and_exits_0_on_postgresql(labeler_settings, new_pg_database, review_round) -> None:
