@@ -10,7 +10,7 @@ DEMO_MODEL := build/demo-model
 DATA := build/shapes
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench clean demo-model
+.PHONY: install run test bench clean demo-model loop-demo
 
 # Dependencies are installed once per pyproject/Makefile version (torch first: its CPU wheel here,
 # a plain requirement would pull a multi-GB CUDA build); the project itself is re-pointed at this
@@ -44,6 +44,17 @@ run: install $(DEMO_MODEL)/config.json $(DATA)/eval-json.jsonl
 		--name "shapes: JSON labels" --max-new-tokens 64
 	$(BIN)/llava-labeler run $(DATA)/eval-caption.jsonl --task caption --name "shapes: captions" --max-new-tokens 32
 	@echo "review the results: $(BIN)/llava-labeler ui   (http://127.0.0.1:8501)"
+
+# The closed loop, measured: a demo model that never saw purple or orange in its image-text data labels
+# fresh images, a simulated reviewer corrects them through the service layer, `retrain` finetunes and
+# promotes, and held-out accuracy is compared before and after (build/loop-demo/loop_report.md).
+WEAK_MODEL := build/weak-model
+$(WEAK_MODEL)/config.json: | install
+	$(BIN)/llava-labeler demo-model --out $(WEAK_MODEL) --withhold-colour purple --withhold-colour orange
+
+loop-demo: install $(WEAK_MODEL)/config.json
+	rm -rf build/loop-demo
+	$(BIN)/llava-labeler loop-demo --model $(WEAK_MODEL) --out build/loop-demo --withhold-colour purple --withhold-colour orange
 
 # The console's browser test drives Debian's chromium (Playwright's own browser download fails here).
 CHROMIUM := /usr/bin/chromium

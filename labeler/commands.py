@@ -318,6 +318,29 @@ def retrain(
     typer.echo(f"{outcome.decision}: {outcome.reason}")
 
 
+def loop_demo(
+    model: Annotated[Path, typer.Option(help="The weak model (`demo-model --withhold-colour ...`).")] = Path("build/weak-model"),
+    out: Annotated[Path, typer.Option(help="A fresh directory for the demo's data, database, models and report.")] = Path(
+        "build/loop-demo"
+    ),
+    withhold_colour: Annotated[list[str], typer.Option(help="A colour the weak model never saw (repeat).")] = ["purple", "orange"],
+    batch_images: Annotated[int, typer.Option(min=10, help="Fresh images to label and review.")] = 600,
+    heldout_images: Annotated[int, typer.Option(min=10, help="Held-out images to measure on.")] = 300,
+) -> None:
+    """One turn of the closed loop on the shapes world: label, review (simulated), retrain, measure before and after."""
+    from engine.settings import get_settings
+    from labeler.loop_demo import LoopDemoError, LoopSizes, run_loop_demo
+    from labeler.retrain import RetrainError
+    from labeler.subcommands import CommandFailed
+
+    sizes = LoopSizes(batch_images=batch_images, heldout_images=heldout_images)
+    try:
+        run_loop_demo(model, out, tuple(withhold_colour), get_settings(), sizes=sizes, echo=typer.echo)
+    except (LoopDemoError, RetrainError, CommandFailed) as exc:
+        fail(str(exc))
+    typer.echo(f"report: {out / 'loop_report.md'} and {out / 'loop_report.json'}")
+
+
 def register(app: typer.Typer) -> None:
     """Mount the job commands on the root CLI."""
     app.command()(submit)
@@ -328,4 +351,5 @@ def register(app: typer.Typer) -> None:
     app.command()(export)
     app.command()(worker)
     app.command()(run)
+    app.command("loop-demo")(loop_demo)
     app.command()(retrain)
