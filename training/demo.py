@@ -79,7 +79,8 @@ class Recipe:
     pretrain_steps: int = 500
     pretrain_lr: float = 2e-3
     finetune_steps: int = 800
-    finetune_lr: float = 1e-3
+    # Measured: 1e-3 knocked the loss up (0.38 -> 0.57 in 50 steps); 3e-4 took position 45 -> 77.5%, JSON exact 30 -> 52%.
+    finetune_lr: float = 3e-4
     batch_size: int = 32
     max_length: int = 400
     # Colours kept out of the image-text data (a deliberately weak model for the loop demo).

@@ -22,6 +22,7 @@ SMALL = dataclasses.replace(
     language_steps=300,
     pretrain_steps=150,
     finetune_steps=300,
+    finetune_lr=1e-3,  # measured: the full recipe's 3e-4 leaves 300 steps at colour 35% (1e-3: 95%)
 )
 
 
