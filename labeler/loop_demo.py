@@ -27,7 +27,7 @@ from typing import Any
 from engine.settings import Settings
 from labeler.jobs import JobSpec
 from labeler.service import Labeler
-from labeler.subcommands import run_command
+from labeler.subcommands import evaluate, run_command
 from labeler.worker import InProcessWorker, load_engine
 
 Echo = Callable[[str], None]
@@ -161,13 +161,18 @@ def run_loop_demo(
     ):
         run_command(["data", "shapes", "--out", str(target), *args], logs / f"data-{target.name}.log", f"rendering {target}", echo)
     slices = _split_heldout(heldout, withheld)
-    settings = loop_settings(base, out, str(model.resolve()), sizes, replay)
-    labeler = Labeler(settings)
+    weak = str(model.resolve())
+    labeler = Labeler(loop_settings(base, out, weak, sizes, replay))
+    scores: dict[str, dict[str, Any]] = {name: {} for name in slices}
+
+    def measure(checkpoint: str, when: str) -> None:
+        for name, path in slices.items():
+            scores[name][when] = evaluate(
+                checkpoint, path, heldout / "images", logs / f"eval-{when}-{name}.json", f"evaluating {checkpoint} on {path.name}", echo
+            )
 
     echo("== 2. the weak model on the held-out images")
-    scores: dict[str, dict[str, Any]] = {name: {} for name in slices}
-    for name, path in slices.items():
-        scores[name]["before"] = _evaluate(str(model.resolve()), path, heldout / "images", logs / f"eval-before-{name}", echo)
+    measure(weak, "before")
 
     echo(f"== 3. label {sizes.batch_images} fresh images (JSON job, the embedded worker)")
     job = _label(labeler, batch, echo)
@@ -184,8 +189,7 @@ def run_loop_demo(
     assert active is not None
 
     echo(f"== 6. the retrained model ({active.name}) on the same held-out images")
-    for name, path in slices.items():
-        scores[name]["after"] = _evaluate(active.uri, path, heldout / "images", logs / f"eval-after-{name}", echo)
+    measure(active.uri, "after")
     report = LoopReport(withheld, job, reviews, {"decision": outcome.decision, "reason": outcome.reason, **outcome.metrics}, scores)
     (out / "loop_report.json").write_text(json.dumps(asdict(report), indent=1, default=str) + "\n")
     (out / "loop_report.md").write_text(report.markdown() + "\n")
@@ -205,15 +209,6 @@ def _split_heldout(heldout: Path, withheld: tuple[str, ...]) -> dict[str, Path]:
         paths[name] = heldout / f"eval-{name}.json"
         paths[name].write_text(json.dumps(chosen) + "\n")
     return paths
-
-
-def _evaluate(model: str, data: Path, images: Path, stem: Path, echo: Echo) -> dict[str, Any]:
-    out = stem.with_suffix(".json")
-    run_command(
-        ["eval", "--model", model, "--data", str(data), "--images", str(images), "--out", str(out)],
-        stem.with_suffix(".log"), f"evaluating {model} on {data.name}", echo,
-    )  # fmt: skip
-    return json.loads(out.read_text())["scores"]
 
 
 def _label(labeler: Labeler, batch: Path, echo: Echo) -> dict[str, Any]:

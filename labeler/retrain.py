@@ -171,13 +171,14 @@ class _Run:
         """Compile the engines when the predictor runs TensorRT-LLM, upload to an object store when there is one;
         (the URI the version records, the URI the predictor serves)."""
         served, local = name, checkpoint
-        if self.settings.rollout.engine_build:
+        build = self.settings.rollout.engine_build
+        if build:  # before anything is published: a failed build leaves nothing behind
             served, local = f"{name}-trtllm", checkpoint.with_name(f"{name}-trtllm")
             args = ["engine", "build", "--model", str(checkpoint), "--out", str(local), *self.settings.rollout.engine_build_args]
             self.echo(f"retrain: compiling {name} with TensorRT-LLM into {local}")
             self._cli(args, work / "engine-build.log", "the TensorRT-LLM engine build")
         uri = model_store.publish(self.settings, checkpoint, name)
-        if local != checkpoint:
+        if build:
             model_store.publish(self.settings, local, served)
         if model_store.uploads(self.settings):
             self.echo(f"retrain: uploaded {name} to {uri}")
@@ -233,12 +234,11 @@ class _Run:
         return {key: metrics.get(key) for key in keep}
 
     def _evaluate(self, who: str, model: str, data: retrain_data.RetrainData, work: Path) -> dict[str, Any]:
-        out = work / f"scores-{who}.json"
-        args = ["eval", "--model", model, "--data", str(data.eval), "--images", str(data.images), "--out", str(out)]
         self.echo(f"retrain: evaluating the {who} model on the held-out reviews")
-        args += ["--batch-size", str(self.options.eval_batch_size)]
-        self._cli(args, work / f"eval-{who}.log", f"evaluating the {who} model")
-        table = json.loads(out.read_text())["scores"]
+        table = subcommands.evaluate(
+            model, data.eval, data.images, work / f"scores-{who}.json", f"evaluating the {who} model", self.echo,
+            batch_size=self.options.eval_batch_size,
+        )  # fmt: skip
         return {"score": overall_score(table), "table": table}
 
     def _cli(self, args: list[str], log: Path, what: str) -> None:

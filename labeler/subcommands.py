@@ -7,11 +7,13 @@ command with this interpreter, echoes its output and keeps it in a log file.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 class CommandFailed(RuntimeError):
@@ -35,3 +37,13 @@ def run_command(args: Sequence[str], log: Path, what: str, echo: Callable[[str],
     if process.returncode:
         last = "; ".join(line for line in tail if line.strip())[-1500:]
         raise CommandFailed(f"{what} failed (exit {process.returncode}): {last} (log: {log})")
+
+
+def evaluate(
+    model: str, data: Path, images: Path, out: Path, what: str, echo: Callable[[str], None] = print, *, batch_size: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """`llava-labeler eval` of `model` on `data`, answers kept in `out` (its log beside it); the score table."""
+    args = ["eval", "--model", model, "--data", str(data), "--images", str(images), "--out", str(out)]
+    args += ["--batch-size", str(batch_size)] if batch_size is not None else []
+    run_command(args, out.with_suffix(".log"), what, echo)
+    return json.loads(out.read_text())["scores"]
