@@ -7,9 +7,12 @@ The steps are the project's own commands, in LLaVA's order:
    pretrained CLIP ViT, the demo's tower from random weights. Measured: trained only inside
    LLaVA's stages, the tower learns colour, count and position but never shape identity
    (shape VQA at chance, 30.5%, and with it POPE F1 0.37 and JSON exact match 21.5%);
-   about a minute of supervised attribute training on the world's ground truth give it
-   features that separate the shapes (held-out shape ~90%), and it then stays frozen in
-   both stages, as LLaVA-1.5's CLIP does (`train_tower`);
+   two minutes of supervised attribute training on the world's ground truth give it
+   features that separate the shapes (held-out shape 97.5%), and it then stays frozen in
+   both stages, as LLaVA-1.5's CLIP does (`train_tower`). One head reads position from the
+   mean of the patches only, so position is in every patch's content: the LLM sees the
+   patches as a row of tokens and, left to decode position from where they lie, answered
+   72.5% (96.5% with the pooled head);
 4. its LLM learns the world's language first (`train --stage finetune` on text.json,
    where a caption stands where the image will be): LLaVA-1.5 starts from a pretrained
    Vicuna, and from a random LLM the image is never read. Measured: trained on images
@@ -71,9 +74,12 @@ class Recipe:
     train_images: int = 12000
     eval_images: int = 200
     seed: int = 0
-    vision_steps: int = 800
+    # Measured (held-out shape/count): 800 steps 76%/94% with the pooled position head, 1600 steps 97.5%/98%.
+    vision_steps: int = 1600
     vision_lr: float = 2e-3
     vision_batch_size: int = 64
+    # Attributes the tower must also show in the patches' mean (training.vision_pretrain.POOLED).
+    vision_pooled: tuple[str, ...] = ("position",)
     language_steps: int = 400
     language_lr: float = 2e-3
     pretrain_steps: int = 500
@@ -161,7 +167,7 @@ def build_demo(out: str | Path, recipe: Recipe = Recipe(), *, echo: Callable[[st
             f"pretrain the vision tower on {data / 'scenes.json'} ({recipe.vision_steps} steps, lr {recipe.vision_lr})",
             lambda: pretrain_vision_tower(
                 base, data, vision, steps=recipe.vision_steps, learning_rate=recipe.vision_lr,
-                batch_size=recipe.vision_batch_size, seed=recipe.seed, echo=echo,
+                batch_size=recipe.vision_batch_size, seed=recipe.seed, pooled=recipe.vision_pooled, echo=echo,
             ),
         )  # fmt: skip
     else:

@@ -10,7 +10,8 @@ CLIP pretraining gives the real tower: features that separate the world's object
 The tower is trained on the training split's ground truth (`scenes.json` of `data
 shapes`): small classification heads read exactly the features LLaVA reads (the
 `vision_feature_layer` hidden states, CLS dropped under the `default` strategy) and
-predict shape, colour, count and position; the heads are thrown away and only the
+predict shape, colour, count and position (position a second time from the patches'
+mean alone, see POOLED); the heads are thrown away and only the
 tower's weights go back into the llava-hf checkpoint. Images get the inference
 preprocessing (`pad` to a square with the processor's mean colour, then the image
 processor), so the tower learns on the pixels it will serve on.
@@ -38,28 +39,39 @@ ATTRIBUTES: dict[str, list[Any]] = {
     "count": list(range(1, MAX_COUNT + 1)),
     "position": list(POSITIONS),
 }
+# Attributes also predicted from the mean of the patch features alone, which makes the tower write
+# them into every patch's content. Measured: read only from where the patches lie, the tower knew
+# position 99% but the LLM, which sees the patches as a row of tokens, answered 72.5%; with this
+# head the LLM answers 96.5% (and JSON exact match rose 52% -> 71% with the longer tower training).
+POOLED = ("position",)
 
 
-def _labels(scene: dict[str, Any]) -> list[int]:
-    return [ATTRIBUTES[name].index(scene[name]) for name in ATTRIBUTES]
+def _labels(scene: dict[str, Any], pooled: tuple[str, ...]) -> list[int]:
+    return [ATTRIBUTES[name].index(scene[name]) for name in (*ATTRIBUTES, *pooled)]
 
 
 class AttributeHeads(nn.Module):
-    """Per-attribute classifiers over the patch features: a mean-pooled summary plus a
-    small per-patch code kept in place (count and position depend on where things are)."""
+    """Per-attribute classifiers over the patch features: a mean-pooled summary plus a small
+    per-patch code kept in place (shape details and counts depend on where things are), then
+    for the `pooled` attributes a second classifier that sees the mean-pooled summary only."""
 
-    def __init__(self, hidden: int, patches: int, code: int = 16, width: int = 256) -> None:
+    def __init__(self, hidden: int, patches: int, pooled: tuple[str, ...] = POOLED, code: int = 16, width: int = 256) -> None:
         super().__init__()
+        self.names = [*ATTRIBUTES, *(f"{name} (pooled)" for name in pooled)]
         self.norm = nn.LayerNorm(hidden)
         self.code = nn.Linear(hidden, code)
         self.trunk = nn.Sequential(nn.Linear(hidden + patches * code, width), nn.GELU())
         self.heads = nn.ModuleList(nn.Linear(width, len(classes)) for classes in ATTRIBUTES.values())
+        self.pooled = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden, width), nn.GELU(), nn.Linear(width, len(ATTRIBUTES[name]))) for name in pooled
+        )
 
     def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of every head, in the order of `names`."""
         x = self.norm(features)
-        summary = torch.cat([x.mean(dim=1), self.code(x).flatten(1)], dim=1)
-        h = self.trunk(summary)
-        return [head(h) for head in self.heads]
+        mean = x.mean(dim=1)
+        h = self.trunk(torch.cat([mean, self.code(x).flatten(1)], dim=1))
+        return [head(h) for head in self.heads] + [head(mean) for head in self.pooled]
 
 
 def tower_features(tower, pixel_values: torch.Tensor, layer: int, strategy: str) -> torch.Tensor:
@@ -81,7 +93,7 @@ def load_pixels(processor, images: Path, names: list[str], chunk: int = 256) -> 
 def _accuracy(tower, heads, pixels, labels, layer, strategy, batch: int = 256) -> dict[str, float]:
     tower.eval()
     heads.eval()
-    right = torch.zeros(len(ATTRIBUTES))
+    right = torch.zeros(len(heads.names))
     with torch.no_grad():
         for start in range(0, len(pixels), batch):
             logits = heads(tower_features(tower, pixels[start : start + batch].float(), layer, strategy))
@@ -89,7 +101,7 @@ def _accuracy(tower, heads, pixels, labels, layer, strategy, batch: int = 256) -
             right += torch.stack([(out.argmax(-1) == truth[:, k]).sum() for k, out in enumerate(logits)]).float()
     tower.train()
     heads.train()
-    return {name: round(float(right[k]) / len(pixels), 4) for k, name in enumerate(ATTRIBUTES)}
+    return {name: round(float(right[k]) / len(pixels), 4) for k, name in enumerate(heads.names)}
 
 
 def pretrain_vision_tower(
@@ -105,9 +117,11 @@ def pretrain_vision_tower(
     seed: int = 0,
     log_every: int = 100,
     eval_every: int = 0,
+    pooled: tuple[str, ...] = POOLED,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train the vision tower of the llava-hf checkpoint `model` on `data`'s ground truth; save the whole
+    """Train the vision tower of the llava-hf checkpoint `model` on `data`'s ground truth (`pooled`: the
+    attributes also read from the patches' mean alone); save the whole
     checkpoint (tower updated, everything else unchanged) to `out`; return held-out attribute accuracies."""
     from engine.model import load_model, save_model
 
@@ -127,12 +141,12 @@ def pretrain_vision_tower(
         rows = [scene for scene in scenes if scene["split"] == split]
         if rows:
             pixels = load_pixels(processor, data / "images", [row["image"] for row in rows])
-            splits[split] = (pixels, torch.tensor([_labels(row) for row in rows]))
+            splits[split] = (pixels, torch.tensor([_labels(row, pooled) for row in rows]))
     if "train" not in splits:
         raise ValueError(f"{data / 'scenes.json'} has no training images")
     pixels, labels = splits["train"]
     patches = tower_features(tower, pixels[:1].float(), layer, strategy).shape[1]
-    heads = AttributeHeads(tower.config.hidden_size, patches)
+    heads = AttributeHeads(tower.config.hidden_size, patches, pooled)
 
     tower.requires_grad_(True)
     tower.train()

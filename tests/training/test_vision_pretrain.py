@@ -20,7 +20,7 @@ def test_pretraining_changes_only_the_tower(tiny_model_dir, shapes_dir, tmp_path
     lines: list[str] = []
     metrics = pretrain_vision_tower(tiny_model_dir, shapes_dir, out, steps=3, batch_size=8, warmup=1, log_every=1, echo=lines.append)
     assert metrics["steps"] == 3 and metrics["train_images"] == 48
-    assert set(metrics["held_out_accuracy"]) == set(ATTRIBUTES)
+    assert list(metrics["held_out_accuracy"]) == [*ATTRIBUTES, "position (pooled)"]
     assert all(0.0 <= value <= 1.0 for value in metrics["held_out_accuracy"].values())
     assert json.loads((out / "vision_pretrain_metrics.json").read_text()) == metrics
     assert [line.split(":")[0].strip() for line in lines[1:4]] == ["step 1", "step 2", "step 3"]
@@ -63,8 +63,14 @@ def test_heads_read_the_features_llava_reads(tiny_model_dir):
     with torch.no_grad():
         projected = model.model.multi_modal_projector(features)
     assert torch.allclose(projected, torch.stack(list(expected)), atol=1e-5)
-    logits = AttributeHeads(config.vision_config.hidden_size, patches)(features)
-    assert [tuple(x.shape) for x in logits] == [(2, len(classes)) for classes in ATTRIBUTES.values()]
+    heads = AttributeHeads(config.vision_config.hidden_size, patches, pooled=("position", "colour"))
+    logits = heads(features)
+    assert heads.names == [*ATTRIBUTES, "position (pooled)", "colour (pooled)"]
+    assert [tuple(x.shape) for x in logits] == [(2, len(ATTRIBUTES[name])) for name in (*ATTRIBUTES, "position", "colour")]
+    # The pooled heads see the patches' mean only: shuffling the patches leaves their logits unchanged.
+    shuffled = heads(features[:, torch.randperm(patches)])
+    for name, before, after in zip(heads.names, logits, shuffled):
+        assert torch.allclose(before, after, atol=1e-5) == name.endswith("(pooled)"), name
 
 
 def test_a_data_set_without_training_images_is_refused(tiny_model_dir, tmp_path):
