@@ -166,14 +166,15 @@ def demo_model(
     Missed quality targets are reported, and the model is kept (it is usable, only weaker);
     `--strict` turns them into a failure, for a quality gate."""
     from training.demo import Recipe, build_demo, missed_targets
-    from training.world import COLOURS
+    from training.shapes_data import check_withheld
 
     if (out / "config.json").exists() and not force:
         typer.echo(f"{out} already holds a model (--force rebuilds it)")
         return
-    unknown = sorted(set(withhold_colour or ()) - set(COLOURS))
-    if unknown:
-        fail(f"unknown colour(s) to withhold: {', '.join(unknown)} (the world's colours: {', '.join(COLOURS)})")
+    try:
+        check_withheld(tuple(withhold_colour or ()))
+    except ValueError as exc:
+        fail(str(exc))
     scores = build_demo(out, Recipe(withheld_colours=tuple(withhold_colour or ())), echo=typer.echo)
     missed = missed_targets(scores)
     if withhold_colour:  # weak on purpose: the targets are for the full model

@@ -12,7 +12,7 @@ The steps are the project's own commands, in LLaVA's order:
    both stages, as LLaVA-1.5's CLIP does (`train_tower`). One head reads position from the
    mean of the patches only, so position is in every patch's content: the LLM sees the
    patches as a row of tokens and, left to decode position from where they lie, answered
-   72.5% (96.5% with the pooled head);
+   72.5% (96% with the pooled head);
 4. its LLM learns the world's language first (`train --stage finetune` on text.json,
    where a caption stands where the image will be): LLaVA-1.5 starts from a pretrained
    Vicuna, and from a random LLM the image is never read. Measured: trained on images

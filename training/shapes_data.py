@@ -247,6 +247,13 @@ def labeler_manifests(captions: list[tuple[str, str]], evaluation: list[dict[str
     }
 
 
+def check_withheld(colours: tuple[str, ...]) -> None:
+    """Refuse colours the world does not have (before any rendering or training starts)."""
+    unknown = sorted(set(colours) - set(COLOURS))
+    if unknown:
+        raise ValueError(f"unknown colour(s) to withhold: {', '.join(unknown)} (the world's colours: {', '.join(COLOURS)})")
+
+
 def write_dataset(
     out: str | Path,
     n: int,
@@ -261,9 +268,7 @@ def write_dataset(
     """Render `n` training and `n_eval` held-out images under `out` and write the JSON files."""
     if n < 1 or n_eval < 0:
         raise ValueError("need n >= 1 training images and n_eval >= 0")
-    unknown = sorted(set(withhold_colours) - set(COLOURS))
-    if unknown:
-        raise ValueError(f"unknown colour(s) to withhold: {', '.join(unknown)} (the world's colours: {', '.join(COLOURS)})")
+    check_withheld(withhold_colours)
     out = Path(out)
     prefix = f"shapes-{seed}"
     pretrain, finetune, text, evaluation, scenes = [], [], [], [], []

@@ -42,7 +42,7 @@ ATTRIBUTES: dict[str, list[Any]] = {
 # Attributes also predicted from the mean of the patch features alone, which makes the tower write
 # them into every patch's content. Measured: read only from where the patches lie, the tower knew
 # position 99% but the LLM, which sees the patches as a row of tokens, answered 72.5%; with this
-# head the LLM answers 96.5% (and JSON exact match rose 52% -> 71% with the longer tower training).
+# head (and 1600 tower steps) the demo model answers 96% and JSON exact match rose 52% -> 79%.
 POOLED = ("position",)
 
 
