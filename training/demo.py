@@ -12,7 +12,8 @@ The steps are the project's own commands, in LLaVA's order:
    both stages, as LLaVA-1.5's CLIP does (`train_tower`). One head reads position from the
    mean of the patches only, so position is in every patch's content: the LLM sees the
    patches as a row of tokens and, left to decode position from where they lie, answered
-   72.5% (96% with the pooled head);
+   72.5% (96% with the pooled head); pooled shape and count heads likewise took shape
+   VQA from 92% to 97%;
 4. its LLM learns the world's language first (`train --stage finetune` on text.json,
    where a caption stands where the image will be): LLaVA-1.5 starts from a pretrained
    Vicuna, and from a random LLM the image is never read. Measured: trained on images
@@ -79,7 +80,7 @@ class Recipe:
     vision_lr: float = 2e-3
     vision_batch_size: int = 64
     # Attributes the tower must also show in the patches' mean (training.vision_pretrain.POOLED).
-    vision_pooled: tuple[str, ...] = ("position",)
+    vision_pooled: tuple[str, ...] = ("position", "shape", "count")
     language_steps: int = 400
     language_lr: float = 2e-3
     pretrain_steps: int = 500

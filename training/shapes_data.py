@@ -56,10 +56,12 @@ PLACE_PHRASES = {
     "center": "in the center",
 }
 QUESTION_TYPES = ("color", "shape", "count", "position", "pope", "mc", "json")
-# Counting is the hardest skill for a small model: it gets twice the share of questions.
+# Counting is the hardest skill for a small model: it gets twice the share of questions. So do
+# JSON answers, whose fields the model reads across the long schema prompt: measured, the JSON
+# colour field trailed colour VQA (87.5% against 100%) until JSON had twice the share (99.5%).
 # Captions stay in the stage-2 mix (LLaVA's 665K mix keeps description data too): without
 # them the finetuned model forgot how to caption and answered every caption request in a word.
-TYPE_WEIGHTS = {"color": 1, "shape": 1, "count": 2, "position": 1, "pope": 1, "mc": 1, "json": 1, "caption": 1}
+TYPE_WEIGHTS = {"color": 1, "shape": 1, "count": 2, "position": 1, "pope": 1, "mc": 1, "json": 2, "caption": 1}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.model import checkpoint_keys, load_model
-from training.vision_pretrain import ATTRIBUTES, AttributeHeads, load_pixels, pretrain_vision_tower, tower_features
+from training.vision_pretrain import ATTRIBUTES, POOLED, AttributeHeads, load_pixels, pretrain_vision_tower, tower_features
 
 
 def _weights(path: Path) -> dict:
@@ -20,7 +20,7 @@ def test_pretraining_changes_only_the_tower(tiny_model_dir, shapes_dir, tmp_path
     lines: list[str] = []
     metrics = pretrain_vision_tower(tiny_model_dir, shapes_dir, out, steps=3, batch_size=8, warmup=1, log_every=1, echo=lines.append)
     assert metrics["steps"] == 3 and metrics["train_images"] == 48
-    assert list(metrics["held_out_accuracy"]) == [*ATTRIBUTES, "position (pooled)"]
+    assert list(metrics["held_out_accuracy"]) == [*ATTRIBUTES, *(f"{name} (pooled)" for name in POOLED)]
     assert all(0.0 <= value <= 1.0 for value in metrics["held_out_accuracy"].values())
     assert json.loads((out / "vision_pretrain_metrics.json").read_text()) == metrics
     assert [line.split(":")[0].strip() for line in lines[1:4]] == ["step 1", "step 2", "step 3"]
