@@ -41,6 +41,7 @@ from typing import Any
 
 from engine.prompts import conversation_segments
 from engine.tiny_model import TinySpec
+from training.vision_pretrain import POOLED
 
 # The issue's bar for the demo model on the held-out split.
 TARGETS = {
@@ -79,8 +80,8 @@ class Recipe:
     vision_steps: int = 1600
     vision_lr: float = 2e-3
     vision_batch_size: int = 64
-    # Attributes the tower must also show in the patches' mean (training.vision_pretrain.POOLED).
-    vision_pooled: tuple[str, ...] = ("position", "shape", "count")
+    # Attributes the tower must also show in the patches' mean.
+    vision_pooled: tuple[str, ...] = POOLED
     language_steps: int = 400
     language_lr: float = 2e-3
     pretrain_steps: int = 500
