@@ -20,8 +20,8 @@ import pytest
 from engine.settings import RetrainSettings, RolloutSettings, Settings
 from labeler import jobs, locks
 from labeler.batches import BatchProcessor
-from labeler.model_store import ModelStoreError, publish
 from labeler.jobs import JobSpec
+from labeler.model_store import ModelStoreError, publish
 from labeler.retrain import LOCK, RetrainError, overall_score
 from labeler.review import PredictionFilter
 from labeler.service import Labeler
