@@ -84,7 +84,9 @@ class Recipe:
     vision_pooled: tuple[str, ...] = POOLED
     language_steps: int = 400
     language_lr: float = 2e-3
-    pretrain_steps: int = 500
+    # Measured (same stage 2 after it): 150 steps score as 500 did (JSON exact 87 vs 88%,
+    # colour 99 vs 99.5%) in 25 s instead of 71 s; the projector aligns within 50.
+    pretrain_steps: int = 150
     pretrain_lr: float = 2e-3
     finetune_steps: int = 800
     # Measured: 1e-3 knocked the loss up (0.38 -> 0.57 in 50 steps); 3e-4 took position 45 -> 77.5%, JSON exact 30 -> 52%.
