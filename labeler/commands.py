@@ -323,9 +323,7 @@ def loop_demo(
     out: Annotated[Path, typer.Option(help="A fresh directory for the demo's data, database, models and report.")] = Path(
         "build/loop-demo"
     ),
-    withhold_colour: Annotated[
-        list[str] | None, typer.Option(help="A colour the weak model never saw (repeat; default: purple and orange).")
-    ] = None,
+    withhold_colour: Annotated[list[str], typer.Option(help="A colour the weak model never saw (repeat).")] = ["purple", "orange"],
     batch_images: Annotated[int, typer.Option(min=10, help="Fresh images to label and review.")] = 600,
     heldout_images: Annotated[int, typer.Option(min=10, help="Held-out images to measure on.")] = 300,
 ) -> None:
@@ -337,8 +335,7 @@ def loop_demo(
 
     sizes = LoopSizes(batch_images=batch_images, heldout_images=heldout_images)
     try:
-        colours = tuple(withhold_colour or ("purple", "orange"))
-        run_loop_demo(model, out, colours, get_settings(), sizes=sizes, echo=typer.echo)
+        run_loop_demo(model, out, tuple(withhold_colour), get_settings(), sizes=sizes, echo=typer.echo)
     except (LoopDemoError, RetrainError, CommandFailed) as exc:
         fail(str(exc))
     typer.echo(f"report: {out / 'loop_report.md'} and {out / 'loop_report.json'}")
