@@ -10,10 +10,13 @@
 - `text.json`: the same conversations with the caption in place of the image, text
   only: the language a from-scratch LLM learns before alignment (LLaVA starts from a
   pretrained Vicuna; the demo model has to make its own);
+- `compare.json`: one short question per training image with the caption in place of the
+  image, half of them POPE's existence questions: the LLM learns to compare the question's
+  words with what the context shows before it sees an image (a pretrained Vicuna can);
 - `eval.json`: one question of every type per held-out image, with its ground truth;
 - `withhold_colours`: training images of these colours stay out of the image-text data
   (`pretrain.json`, `finetune.json`) but keep their place in `scenes.json` (the vision
-  tower's pretraining) and `text.json` (the LLM's language): like a LLaVA whose CLIP and
+  tower's pretraining), `text.json` and `compare.json` (the LLM's language): like a LLaVA whose CLIP and
   Vicuna know purple but whose instruction data never showed it. The loop demo starts
   from such a weak model; the held-out split keeps every colour;
 - `schema.json`: the shapes schema (for `predict --schema`).
@@ -62,6 +65,9 @@ QUESTION_TYPES = ("color", "shape", "count", "position", "pope", "mc", "json")
 # Captions stay in the stage-2 mix (LLaVA's 665K mix keeps description data too): without
 # them the finetuned model forgot how to caption and answered every caption request in a word.
 TYPE_WEIGHTS = {"color": 1, "shape": 1, "count": 2, "position": 1, "pope": 1, "mc": 1, "json": 2, "caption": 1}
+# compare.json: half existence questions, half the short questions whose reading routes they reuse.
+COMPARE_TYPES = ("color", "shape", "count", "position")
+COMPARE_POPE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -209,6 +215,11 @@ def _instruction_mix(scene: Scene, rng: random.Random, max_turns: int) -> list[Q
     return [ASK[kind](scene, rng) for kind in kinds]
 
 
+def _comparison(scene: Scene, rng: random.Random) -> Question:
+    kind = "pope" if rng.random() < COMPARE_POPE_SHARE else rng.choice(COMPARE_TYPES)
+    return ASK[kind](scene, rng)
+
+
 def eval_items(scene: Scene, rng: random.Random, image: str, index: int, prefix: str) -> list[dict[str, Any]]:
     """One question of every type about a held-out image (POPE twice: one present, one absent object)."""
     questions = [ASK[kind](scene, rng) for kind in QUESTION_TYPES if kind != "pope"]
@@ -273,7 +284,7 @@ def write_dataset(
     check_withheld(withhold_colours)
     out = Path(out)
     prefix = f"shapes-{seed}"
-    pretrain, finetune, text, evaluation, scenes = [], [], [], [], []
+    pretrain, finetune, text, compare, evaluation, scenes = [], [], [], [], [], []
     eval_captions: list[tuple[str, str]] = []
     for split, count in (("train", n), ("eval", n_eval)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -298,6 +309,7 @@ def write_dataset(
                     finetune.append({"id": f"{prefix}-mix-{i:06d}", "image": image, "conversations": conversation(mix)})
                 described = [Question("caption", "caption", instruction, caption(scene))] + _instruction_mix(scene, rng, max_turns)
                 text.append({"id": f"{prefix}-text-{i:06d}", "conversations": conversation(described, caption(scene))})
+                compare.append({"id": f"{prefix}-compare-{i:06d}", "conversations": conversation([_comparison(scene, rng)], caption(scene))})
             else:
                 evaluation += eval_items(scene, rng, image, i, f"{prefix}-eval")
                 eval_captions.append((image, caption(scene)))
@@ -309,11 +321,12 @@ def write_dataset(
         "pretrain.json": pretrain,
         "finetune.json": finetune,
         "text.json": text,
+        "compare.json": compare,
         "eval.json": evaluation,
         "schema.json": shapes_schema(),
         "scenes.json": scenes,
     }
     for name, content in files.items():
         (out / name).write_text(json.dumps(content, indent=1 if name != "scenes.json" else None) + "\n")
-    counts = {"pretrain": len(pretrain), "finetune": len(finetune), "text": len(text), "eval": len(evaluation)}
+    counts = {"pretrain": len(pretrain), "finetune": len(finetune), "text": len(text), "compare": len(compare), "eval": len(evaluation)}
     return {"train_images": n, "eval_images": n_eval, **counts}

@@ -23,6 +23,7 @@ SMALL = dataclasses.replace(
     # colour (17.5-27.5%, also with 800 tower steps or the head at 0.3 weight); the full recipe reads it 99.5%.
     vision_pooled=(),
     language_steps=300,
+    compare_steps=100,
     pretrain_steps=150,
     finetune_steps=300,
     finetune_lr=1e-3,  # measured: the full recipe's 3e-4 leaves 300 steps at colour 35% (1e-3: 95%)
@@ -41,6 +42,6 @@ def test_a_small_model_learns_to_read_the_image(tmp_path):
     assert scores["json"]["validity"] == 1.0, table
     summary = json.loads((tmp_path / "model" / "demo_metrics.json").read_text())
     assert summary["scores"] == scores
-    assert set(summary["steps"]) == {"data", "init", "vision", "language", "stage 1", "stage 2", "eval"}
+    assert set(summary["steps"]) == {"data", "init", "vision", "language", "compare", "stage 1", "stage 2", "eval"}
     assert not (tmp_path / "model.work").exists()
     load_model(tmp_path / "model")

@@ -24,7 +24,7 @@ def test_cli_writes_the_same_data_set_for_the_same_seed(tmp_path):
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         result = runner.invoke(app, ["data", "shapes", "--out", str(tmp_path / name), "--n", "12", "--seed", str(seed), "--n-eval", "3"])
         assert result.exit_code == 0, result.output
-    for name in ("pretrain.json", "finetune.json", "text.json", "eval.json", "scenes.json"):
+    for name in ("pretrain.json", "finetune.json", "text.json", "compare.json", "eval.json", "scenes.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         assert (tmp_path / "a" / name).read_bytes() != (tmp_path / "c" / name).read_bytes()
     images = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
@@ -138,6 +138,27 @@ def test_text_only_conversations_put_the_caption_where_the_image_goes(shapes_dir
         assert [t["from"] for t in record["conversations"]] == ["human", "gpt"] * (len(record["conversations"]) // 2)
 
 
+def test_comparison_questions_are_single_turn_about_the_caption_half_of_them_pope(shapes_dir):
+    scenes = [s for s in _load(shapes_dir, "scenes.json") if s["split"] == "train"]
+    captions = {r["image"]: r["conversations"][1]["value"] for r in _load(shapes_dir, "pretrain.json")}
+    records = _load(shapes_dir, "compare.json")
+    assert len(records) == len(scenes) and len({r["id"] for r in records}) == len(records)
+    pope = 0
+    for record, scene in zip(records, scenes):
+        assert "image" not in record
+        human, gpt = record["conversations"]
+        assert (human["from"], gpt["from"]) == ("human", "gpt")
+        caption, question = human["value"].split("\n", 1)
+        assert caption == captions[scene["image"]] and question.endswith(SHORT)
+        if question.startswith("Is there"):
+            pope += 1
+            named = question.removeprefix("Is there ").removesuffix(" in the image?" + SHORT).split()[1:]
+            assert (gpt["value"] == "Yes") == all(word in (scene["shape"], scene["colour"], "object") for word in named)
+        else:
+            assert gpt["value"] in {scene["shape"], scene["colour"], str(scene["count"]), scene["position"]}
+    assert 0.3 * len(records) <= pope <= 0.7 * len(records)
+
+
 def test_eval_manifests_are_labeler_jobs_with_the_ground_truth(shapes_dir):
     scenes = {s["image"]: s for s in json.loads((shapes_dir / "scenes.json").read_text()) if s["split"] == "eval"}
     captions = [json.loads(line) for line in (shapes_dir / "eval-caption.jsonl").read_text().splitlines()]
@@ -167,7 +188,7 @@ def test_withheld_colours_leave_the_image_text_data_only(tmp_path):
         everything, kept = _load(tmp_path / "all", name), _load(tmp_path / "weak", name)
         assert [r for r in everything if r["image"] not in withheld] == kept
         assert all("purple" not in turn["value"] and "orange" not in turn["value"] for r in kept for turn in r["conversations"][1::2])
-    for name in ("text.json", "eval.json", "scenes.json"):
+    for name in ("text.json", "compare.json", "eval.json", "scenes.json"):
         assert (tmp_path / "all" / name).read_bytes() == (tmp_path / "weak" / name).read_bytes()
 
     bad = runner.invoke(app, [*args, "--out", str(tmp_path / "bad"), "--withhold-colour", "mauve"])
