@@ -174,8 +174,8 @@ def build_demo(out: str | Path, recipe: Recipe = Recipe(), *, echo: Callable[[st
     out = Path(out)
     work = out.with_name(out.name + ".work")
     shutil.rmtree(work, ignore_errors=True)
-    data, base, vision, language, compare = (work / name for name in ("data", "base", "vision", "language", "compare"))
-    stage1, stage2 = work / "stage1", work / "stage2"
+    names = ("data", "base", "vision", "language", "compare", "stage1", "stage2")
+    data, base, vision, language, compare, stage1, stage2 = (work / name for name in names)
     timings: dict[str, float] = {}
     started = time.monotonic()
 

@@ -65,8 +65,9 @@ QUESTION_TYPES = ("color", "shape", "count", "position", "pope", "mc", "json")
 # Captions stay in the stage-2 mix (LLaVA's 665K mix keeps description data too): without
 # them the finetuned model forgot how to caption and answered every caption request in a word.
 TYPE_WEIGHTS = {"color": 1, "shape": 1, "count": 2, "position": 1, "pope": 1, "mc": 1, "json": 2, "caption": 1}
+# The short-answer questions about one attribute (VQA-scored against ten answers in eval.json).
+SHORT_TYPES = ("color", "shape", "count", "position")
 # compare.json: half existence questions, half the short questions whose reading routes they reuse.
-COMPARE_TYPES = ("color", "shape", "count", "position")
 COMPARE_POPE_SHARE = 0.5
 
 
@@ -216,7 +217,7 @@ def _instruction_mix(scene: Scene, rng: random.Random, max_turns: int) -> list[Q
 
 
 def _comparison(scene: Scene, rng: random.Random) -> Question:
-    kind = "pope" if rng.random() < COMPARE_POPE_SHARE else rng.choice(COMPARE_TYPES)
+    kind = "pope" if rng.random() < COMPARE_POPE_SHARE else rng.choice(SHORT_TYPES)
     return ASK[kind](scene, rng)
 
 
@@ -239,7 +240,7 @@ def eval_items(scene: Scene, rng: random.Random, image: str, index: int, prefix:
             item["options"] = list(q.options)
         if q.task == "json":
             item["schema"] = shapes_schema()
-        if q.type in ("color", "shape", "count", "position"):
+        if q.type in SHORT_TYPES:
             item["answers"] = [q.answer] * 10  # VQAv2's ten human answers; here all agree
         if q.label:
             item["label"] = q.label
