@@ -6,9 +6,10 @@
 - `finetune.json`: the stage-2 instruction mix, like llava_v1_5_mix665k: short-answer
   VQA (colour, shape, count, position), POPE-style yes/no existence questions (half
   about absent objects), multiple choice, JSON answers for the fixed shapes schema,
-  single- and multi-turn;
-- `text.json`: the same conversations with the caption in place of the image, text
-  only: the language a from-scratch LLM learns before alignment (LLaVA starts from a
+  single- and multi-turn; existence questions at three times their share in the other files
+  (`STAGE2_WEIGHTS`);
+- `text.json`: conversations of the same kinds (`TYPE_WEIGHTS`) with the caption in place
+  of the image, text only: the language a from-scratch LLM learns before alignment (LLaVA starts from a
   pretrained Vicuna; the demo model has to make its own);
 - `compare.json`: one short question per training image with the caption in place of the
   image, half of them POPE's existence questions: the LLM learns to compare the question's
@@ -65,6 +66,11 @@ QUESTION_TYPES = ("color", "shape", "count", "position", "pope", "mc", "json")
 # Captions stay in the stage-2 mix (LLaVA's 665K mix keeps description data too): without
 # them the finetuned model forgot how to caption and answered every caption request in a word.
 TYPE_WEIGHTS = {"color": 1, "shape": 1, "count": 2, "position": 1, "pope": 1, "mc": 1, "json": 2, "caption": 1}
+# finetune.json (stage 2) asks existence questions three times as often: the comparison they need is
+# learnt on text (compare.json) and carried over to the image only in stage 2. Measured from one
+# cached stage 1: POPE F1 0.906 at 1x, 0.941 at 2x, 0.965 at 3x (JSON exact 88.5, 86.0, 86.5%).
+# text.json keeps the plain mix: tripled there as well, JSON exact match fell to 52.5%.
+STAGE2_WEIGHTS = {**TYPE_WEIGHTS, "pope": 3}
 # The short-answer questions about one attribute (VQA-scored against ten answers in eval.json).
 SHORT_TYPES = ("color", "shape", "count", "position")
 # compare.json: half existence questions, half the short questions whose reading routes they reuse.
@@ -208,9 +214,11 @@ def _scene_rng(seed: int, split: str, index: int) -> random.Random:
     return random.Random(f"shapes:{seed}:{split}:{index}")
 
 
-def _instruction_mix(scene: Scene, rng: random.Random, max_turns: int) -> list[Question]:
+def _instruction_mix(
+    scene: Scene, rng: random.Random, max_turns: int, weights: dict[str, int] = TYPE_WEIGHTS
+) -> list[Question]:
     turns = 1 if rng.random() < 0.4 else rng.randint(2, max_turns)
-    kinds = rng.choices(list(TYPE_WEIGHTS), weights=list(TYPE_WEIGHTS.values()), k=turns)
+    kinds = rng.choices(list(weights), weights=list(weights.values()), k=turns)
     if kinds.count("json") > 1:  # the schema prompt is long: one JSON turn per conversation is enough
         kinds = [kind for i, kind in enumerate(kinds) if kind != "json" or i == kinds.index("json")]
     return [ASK[kind](scene, rng) for kind in kinds]
@@ -298,7 +306,7 @@ def write_dataset(
             if split == "train":
                 instruction = rng.choice(CAPTION_INSTRUCTIONS)
                 user = f"{prompts.IMAGE_TOKEN}\n{prompts.build_instruction('caption', instruction)}"
-                mix = _instruction_mix(scene, rng, max_turns)  # drawn for every scene: the random stream stays aligned
+                mix = _instruction_mix(scene, rng, max_turns, STAGE2_WEIGHTS)  # drawn for every scene: the random stream stays aligned
                 if scene.colour not in withhold_colours:
                     pretrain.append(
                         {
