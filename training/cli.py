@@ -64,6 +64,9 @@ def train(
     per_device_batch_size: Annotated[int, typer.Option(min=1)] = 16,
     epochs: Annotated[float, typer.Option(min=0.0)] = 1.0,
     max_steps: Annotated[int, typer.Option(help="Stop after this many optimizer steps (-1: epochs decide).")] = -1,
+    stop_at_loss: Annotated[
+        Optional[float], typer.Option(help="End early once a logged training loss is at or under this (--max-steps stays the cap).")
+    ] = None,
     warmup_ratio: float = 0.03,
     weight_decay: float = 0.0,
     max_length: Annotated[int, typer.Option(help="Longer samples are counted as bad, not truncated.")] = 2048,
@@ -102,6 +105,7 @@ def train(
         per_device_batch_size=per_device_batch_size,
         epochs=epochs,
         max_steps=max_steps,
+        stop_at_loss=stop_at_loss,
         warmup_ratio=warmup_ratio,
         weight_decay=weight_decay,
         max_length=max_length,

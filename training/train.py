@@ -65,6 +65,9 @@ class TrainConfig:
     per_device_batch_size: int = 16
     epochs: float = 1.0
     max_steps: int = -1
+    # Stop once a logged training loss (the mean of `logging_steps` steps) is at or under this: the run has learnt
+    # what it is for. Skills a small model learns from scratch arrive as sudden drops whose step varies by seed.
+    stop_at_loss: float | None = None
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     max_length: int = 2048
@@ -191,6 +194,19 @@ class LossLog(TrainerCallback):
                 handle.write(json.dumps(entry) + "\n")
 
 
+class StopAtLoss(TrainerCallback):
+    """Ends training at the first logged loss at or under `threshold` (every process logs the same mean)."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.stopped_at: int | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs and logs["loss"] <= self.threshold:
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+
+
 def _arguments(config: TrainConfig, out: Path) -> TrainingArguments:
     cuda = torch.cuda.is_available()
     return TrainingArguments(
@@ -276,12 +292,13 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     trainable, total = _trainable(model)
     args = _arguments(config, out)
     loss_log = LossLog(out / "loss_log.jsonl")
+    stop = StopAtLoss(config.stop_at_loss) if config.stop_at_loss is not None else None
     trainer = LlavaTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=Collator(processor.tokenizer.pad_token_id),
-        callbacks=[loss_log],
+        callbacks=[loss_log] + ([stop] if stop else []),
         lengths=dataset.lengths,
         projector_lr=config.projector_lr,
     )
@@ -303,6 +320,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             "global_steps": result.global_step,
             "train_loss": result.training_loss,
             "final_loss": loss_log.last.get("loss"),
+            "stopped_at_loss": stop.stopped_at if stop else None,
             "resumed_from": last,
             "world_size": world_size(),
             "wall_seconds": round(time.monotonic() - start, 1),

@@ -62,6 +62,17 @@ def test_stage1_trains_only_the_projector(tiny_model_dir, shapes_dir, tmp_path):
     assert not _changed(before, after, "vision_tower.") and not _changed(before, after, "language_model.")
 
 
+def test_a_run_ends_early_at_the_loss_it_was_asked_to_reach(tiny_model_dir, shapes_dir, tmp_path):
+    common = ["--stage", "pretrain", "--model", str(tiny_model_dir), "--data", str(shapes_dir / "pretrain.json"),
+              "--images", str(shapes_dir / "images"), "--max-steps", "3", "--lr", "1e-2"]  # fmt: skip
+    reached = _train(*common, "--out", str(tmp_path / "reached"), "--stop-at-loss", "1000")
+    assert reached.exit_code == 0, reached.output
+    assert _check_checkpoint(tmp_path / "reached", 1)["stopped_at_loss"] == 1
+    unreachable = _train(*common, "--out", str(tmp_path / "capped"), "--stop-at-loss", "1e-9")
+    assert unreachable.exit_code == 0, unreachable.output
+    assert _check_checkpoint(tmp_path / "capped", 3)["stopped_at_loss"] is None
+
+
 def test_stage2_trains_projector_and_llm_and_optionally_the_tower(tiny_model_dir, shapes_dir, tmp_path):
     common = ["--stage", "finetune", "--model", str(tiny_model_dir), "--data", str(shapes_dir / "finetune.json"),
               "--images", str(shapes_dir / "images"), "--max-steps", "2", "--lr", "1e-3"]  # fmt: skip
