@@ -235,6 +235,7 @@ def build_demo(out: str | Path, recipe: Recipe = Recipe(), *, echo: Callable[[st
         _Stage("stage 2", "finetune", "finetune.json", stage2, recipe.finetune_lr, recipe.finetune_steps, recipe.train_tower[1]),
     ]  # fmt: skip
     start = vision
+    ran: dict[str, int] = {}  # optimizer steps each training run took (the text steps stop when learnt)
     for run in stages:
         batch = run.batch_size or recipe.batch_size
         command = (
@@ -251,7 +252,10 @@ def build_demo(out: str | Path, recipe: Recipe = Recipe(), *, echo: Callable[[st
             per_device_batch_size=batch, max_length=recipe.max_length, gradient_checkpointing=False,
             group_by_length=run.grouped, save_steps=0, logging_steps=50, seed=recipe.seed, stop_at_loss=run.stop_at,
         )  # fmt: skip
-        step(run.name, command, lambda config=config: run_training(config))
+        trained = step(run.name, command, lambda config=config: run_training(config))
+        ran[run.name] = trained["global_steps"]
+        if run.stop_at is not None:
+            echo(f"   {run.name} ran {ran[run.name]} of at most {run.steps} steps (final loss {trained['final_loss']:.4f}, stop at {run.stop_at})")
         start = run.out
     items = load_items(data / "eval.json")
     scores, _ = step(
@@ -264,7 +268,10 @@ def build_demo(out: str | Path, recipe: Recipe = Recipe(), *, echo: Callable[[st
     echo(f"demo model built in {total:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
     shutil.rmtree(out, ignore_errors=True)
     shutil.move(str(stage2), str(out))
-    summary = {"scores": scores, "seconds": total, "steps": timings, "recipe": asdict(recipe), "missed": missed_targets(scores)}
+    summary = {
+        "scores": scores, "seconds": total, "steps": timings, "train_steps": ran,
+        "recipe": asdict(recipe), "missed": missed_targets(scores),
+    }  # fmt: skip
     (out / "demo_metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return scores
