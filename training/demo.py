@@ -33,7 +33,8 @@ The steps are the project's own commands, in LLaVA's order:
    stage 2's existence questions tripled, `shapes_data.STAGE2_WEIGHTS`); it too runs
    until its loss is down;
 6. stage 1 (`train --stage pretrain`): the projector learns, the LLM is frozen;
-7. stage 2 (`train --stage finetune`): projector and LLM learn on the instruction mix;
+7. stage 2 (`train --stage finetune`): projector and LLM learn on the instruction mix, the
+   projector at its own, higher learning rate (`--projector-lr`);
 8. `eval` on the held-out split.
 
 The image processor normalises with the world's white background as its mean, so
@@ -118,6 +119,10 @@ class Recipe:
     finetune_steps: int = 800
     # Measured: 1e-3 knocked the loss up (0.38 -> 0.57 in 50 steps); 3e-4 took position 45 -> 77.5%, JSON exact 30 -> 52%.
     finetune_lr: float = 3e-4
+    # The projector's own stage-2 learning rate (as in LLaVA's LoRA recipe): after 150 stage-1 steps it is aligned
+    # only coarsely (caption loss 1.35), and at the LLM's rate it finishes the job slowly. Measured (seed 0, same
+    # upstream): at 3e-4 JSON exact 83.5%, POPE F1 0.924; at 1e-3 90.0%, 0.948 (shape 95.5 -> 96%, count 96 -> 96.5%).
+    finetune_projector_lr: float | None = 1e-3
     batch_size: int = 32
     max_length: int = 400
     # Colours kept out of the image-text data (a deliberately weak model for the loop demo).
@@ -139,6 +144,7 @@ class _Stage(NamedTuple):
     batch_size: int | None = None  # None: the recipe's
     grouped: bool = True  # length-grouped batches (the train command's default)
     stop_at: float | None = None  # end at this logged loss (`steps` is then a cap)
+    projector_lr: float | None = None  # None: the run's `lr`
 
 
 def tokenizer_corpus(data_dir: Path, records: int = 3000) -> list[str]:
@@ -232,7 +238,10 @@ def build_demo(out: str | Path, recipe: Recipe = Recipe(), *, echo: Callable[[st
             batch_size=recipe.compare_batch_size, grouped=False, stop_at=recipe.compare_stop_at,
         ),
         _Stage("stage 1", "pretrain", "pretrain.json", stage1, recipe.pretrain_lr, recipe.pretrain_steps, recipe.train_tower[0]),
-        _Stage("stage 2", "finetune", "finetune.json", stage2, recipe.finetune_lr, recipe.finetune_steps, recipe.train_tower[1]),
+        _Stage(
+            "stage 2", "finetune", "finetune.json", stage2, recipe.finetune_lr, recipe.finetune_steps, recipe.train_tower[1],
+            projector_lr=recipe.finetune_projector_lr,
+        ),
     ]  # fmt: skip
     start = vision
     ran: dict[str, int] = {}  # optimizer steps each training run took (the text steps stop when learnt)
@@ -245,12 +254,14 @@ def build_demo(out: str | Path, recipe: Recipe = Recipe(), *, echo: Callable[[st
             + (" --train-vision-tower" if run.tower else "")
             + ("" if run.grouped else " --no-group-by-length")
             + (f" --stop-at-loss {run.stop_at}" if run.stop_at is not None else "")
+            + (f" --projector-lr {run.projector_lr}" if run.projector_lr is not None else "")
         )
         config = TrainConfig(
             stage=run.stage, model=str(start), data=data / run.data, out=run.out, images=data / "images",
             learning_rate=run.lr, max_steps=run.steps, train_vision_tower=run.tower, global_batch_size=batch,
             per_device_batch_size=batch, max_length=recipe.max_length, gradient_checkpointing=False,
             group_by_length=run.grouped, save_steps=0, logging_steps=50, seed=recipe.seed, stop_at_loss=run.stop_at,
+            projector_lr=run.projector_lr,
         )  # fmt: skip
         trained = step(run.name, command, lambda config=config: run_training(config))
         ran[run.name] = trained["global_steps"]
