@@ -121,7 +121,8 @@ class Recipe:
     finetune_lr: float = 3e-4
     # The projector's own stage-2 learning rate (as in LLaVA's LoRA recipe): after 150 stage-1 steps it is aligned
     # only coarsely (caption loss 1.35), and at the LLM's rate it finishes the job slowly. Measured (seed 0, same
-    # upstream): at 3e-4 JSON exact 83.5%, POPE F1 0.924; at 1e-3 90.0%, 0.948 (shape 95.5 -> 96%, count 96 -> 96.5%).
+    # upstream): at 3e-4 JSON exact 83.5%, POPE F1 0.924; at 1e-3 90.0%, 0.948 in a one-thread trial, 88.5%, 0.950
+    # in the clean build (two threads); 700 steps instead of 800 left JSON exact at 84.5-86.5%.
     finetune_projector_lr: float | None = 1e-3
     batch_size: int = 32
     max_length: int = 400
