@@ -30,9 +30,14 @@ on every machine, and the first k images do not change when `n` grows.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import multiprocessing
+import os
 import random
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,6 +281,54 @@ def check_withheld(colours: tuple[str, ...]) -> None:
         raise ValueError(f"unknown colour(s) to withhold: {', '.join(unknown)} (the world's colours: {', '.join(COLOURS)})")
 
 
+@dataclass(frozen=True)
+class _Draw:
+    """What every image of a data set is drawn under (sent to the worker processes)."""
+
+    out: Path
+    seed: int
+    noise_fraction: float
+    max_turns: int
+    withhold_colours: tuple[str, ...]
+
+
+def _draw_image(draw: _Draw, job: tuple[str, int]) -> dict[str, list[Any]]:
+    """Render one image and build its records, from its own random stream (so any process can draw it)."""
+    split, i = job
+    prefix = f"shapes-{draw.seed}"
+    rng = _scene_rng(draw.seed, split, i)
+    scene = sample_scene(rng, noise_fraction=draw.noise_fraction)
+    image = f"{split}/{i:06d}.png"
+    render(scene).save(draw.out / "images" / image)
+    records: dict[str, list[Any]] = {"scenes.json": [{"image": image, "split": split, **scene.to_dict()}]}
+    if split == "eval":
+        records["eval.json"] = eval_items(scene, rng, image, i, f"{prefix}-eval")
+        records["captions"] = [(image, caption(scene))]
+        return records
+    instruction = rng.choice(CAPTION_INSTRUCTIONS)
+    user = f"{prompts.IMAGE_TOKEN}\n{prompts.build_instruction('caption', instruction)}"
+    mix = _instruction_mix(scene, rng, draw.max_turns, STAGE2_WEIGHTS)  # drawn for every scene: the random stream stays aligned
+    if scene.colour not in draw.withhold_colours:
+        records["pretrain.json"] = [
+            {
+                "id": f"{prefix}-cap-{i:06d}",
+                "image": image,
+                "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": caption(scene)}],
+            }
+        ]
+        records["finetune.json"] = [{"id": f"{prefix}-mix-{i:06d}", "image": image, "conversations": conversation(mix)}]
+    described = [Question("caption", "caption", instruction, caption(scene))] + _instruction_mix(scene, rng, draw.max_turns)
+    records["text.json"] = [{"id": f"{prefix}-text-{i:06d}", "conversations": conversation(described, caption(scene))}]
+    records["compare.json"] = [
+        {"id": f"{prefix}-compare-{i:06d}", "conversations": conversation([_comparison(scene, rng)], caption(scene))}
+    ]
+    return records
+
+
+def _workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def write_dataset(
     out: str | Path,
     n: int,
@@ -286,56 +339,39 @@ def write_dataset(
     max_turns: int = 4,
     withhold_colours: tuple[str, ...] = (),
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Render `n` training and `n_eval` held-out images under `out` and write the JSON files."""
+    """Render `n` training and `n_eval` held-out images under `out` and write the JSON files.
+
+    Images are drawn by `workers` processes (default: one per core); each image has its own random
+    stream, so the files are the same whatever the number of workers."""
     if n < 1 or n_eval < 0:
         raise ValueError("need n >= 1 training images and n_eval >= 0")
     check_withheld(withhold_colours)
     out = Path(out)
-    prefix = f"shapes-{seed}"
-    pretrain, finetune, text, compare, evaluation, scenes = [], [], [], [], [], []
-    eval_captions: list[tuple[str, str]] = []
-    for split, count in (("train", n), ("eval", n_eval)):
+    draw = _Draw(out, seed, noise_fraction, max_turns, tuple(withhold_colours))
+    jobs = [("train", i) for i in range(n)] + [("eval", i) for i in range(n_eval)]
+    for split in ("train", "eval"):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            rng = _scene_rng(seed, split, i)
-            scene = sample_scene(rng, noise_fraction=noise_fraction)
-            image = f"{split}/{i:06d}.png"
-            render(scene).save(out / "images" / image)
-            scenes.append({"image": image, "split": split, **scene.to_dict()})
-            if split == "train":
-                instruction = rng.choice(CAPTION_INSTRUCTIONS)
-                user = f"{prompts.IMAGE_TOKEN}\n{prompts.build_instruction('caption', instruction)}"
-                mix = _instruction_mix(scene, rng, max_turns, STAGE2_WEIGHTS)  # drawn for every scene: the random stream stays aligned
-                if scene.colour not in withhold_colours:
-                    pretrain.append(
-                        {
-                            "id": f"{prefix}-cap-{i:06d}",
-                            "image": image,
-                            "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": caption(scene)}],
-                        }
-                    )
-                    finetune.append({"id": f"{prefix}-mix-{i:06d}", "image": image, "conversations": conversation(mix)})
-                described = [Question("caption", "caption", instruction, caption(scene))] + _instruction_mix(scene, rng, max_turns)
-                text.append({"id": f"{prefix}-text-{i:06d}", "conversations": conversation(described, caption(scene))})
-                compare.append({"id": f"{prefix}-compare-{i:06d}", "conversations": conversation([_comparison(scene, rng)], caption(scene))})
-            else:
-                evaluation += eval_items(scene, rng, image, i, f"{prefix}-eval")
-                eval_captions.append((image, caption(scene)))
+    names = ("pretrain.json", "finetune.json", "text.json", "compare.json", "eval.json", "scenes.json", "captions")
+    drawn: dict[str, list[Any]] = {name: [] for name in names}
+    workers = min(workers or _workers(), max(1, len(jobs) // 256))
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")))
+            results = pool.map(functools.partial(_draw_image, draw), jobs, chunksize=64)
+        else:
+            results = map(functools.partial(_draw_image, draw), jobs)
+        for records in results:
+            for name, lines in records.items():
+                drawn[name] += lines
             if progress:
                 progress(1)
-    for name, lines in labeler_manifests(eval_captions, evaluation).items():
+    captions = drawn.pop("captions")
+    for name, lines in labeler_manifests(captions, drawn["eval.json"]).items():
         (out / name).write_text("".join(json.dumps(line) + "\n" for line in lines))
-    files = {
-        "pretrain.json": pretrain,
-        "finetune.json": finetune,
-        "text.json": text,
-        "compare.json": compare,
-        "eval.json": evaluation,
-        "schema.json": shapes_schema(),
-        "scenes.json": scenes,
-    }
+    files: dict[str, Any] = {**drawn, "schema.json": shapes_schema()}
     for name, content in files.items():
         (out / name).write_text(json.dumps(content, indent=1 if name != "scenes.json" else None) + "\n")
-    counts = {"pretrain": len(pretrain), "finetune": len(finetune), "text": len(text), "compare": len(compare), "eval": len(evaluation)}
+    counts = {name.removesuffix(".json"): len(drawn[name]) for name in ("pretrain.json", "finetune.json", "text.json", "compare.json", "eval.json")}
     return {"train_images": n, "eval_images": n_eval, **counts}

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from engine import prompts
 from engine.structured import GrammarCache
 from labeler.cli import app
-from training.shapes_data import CAPTION_INSTRUCTIONS, QUESTION_TYPES, STAGE2_WEIGHTS, TYPE_WEIGHTS
+from training.shapes_data import CAPTION_INSTRUCTIONS, QUESTION_TYPES, STAGE2_WEIGHTS, TYPE_WEIGHTS, write_dataset
 from training.world import COLOURS, SHAPES, shapes_schema
 
 SHORT = "\n" + prompts.SHORT_ANSWER
@@ -34,6 +34,16 @@ def test_cli_writes_the_same_data_set_for_the_same_seed(tmp_path):
     runner.invoke(app, ["data", "shapes", "--out", str(tmp_path / "d"), "--n", "20", "--seed", "5", "--n-eval", "3"])
     assert _load(tmp_path / "d", "pretrain.json")[:12] == _load(tmp_path / "a", "pretrain.json")
     assert json.loads((tmp_path / "a" / "schema.json").read_text()) == shapes_schema()
+
+
+def test_worker_processes_draw_the_same_data_set_as_one_process(tmp_path):
+    # Enough images for two workers (a pool pays off from a few hundred); a withheld colour and both splits.
+    for name, workers in (("one", 1), ("two", 2)):
+        counts = write_dataset(tmp_path / name, 520, seed=4, n_eval=10, withhold_colours=("red",), workers=workers)
+    assert counts["text"] == 520 and counts["eval"] == 80 and 0 < counts["pretrain"] < 520
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert len(files) == 530 + 9 and files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    assert all((tmp_path / "one" / p).read_bytes() == (tmp_path / "two" / p).read_bytes() for p in files)
 
 
 def _check_llava_record(record, images: Path):
