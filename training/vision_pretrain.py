@@ -194,3 +194,15 @@ def pretrain_vision_tower(
     metrics["wall_seconds"] = round(time.monotonic() - started, 1)
     (out / "vision_pretrain_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def transplant_tower(tower_from: str | Path, into: str | Path, out: str | Path) -> None:
+    """Save the checkpoint `into` with the vision tower of `tower_from` to `out`.
+
+    The demo pretrains its tower beside the LLM's text-only steps (which leave the tower as it
+    was), then joins the two: the same weights as running the steps one after the other."""
+    from engine.model import load_model, save_model
+
+    target, source = load_model(into, device="cpu", dtype="float32"), load_model(tower_from, device="cpu", dtype="float32")
+    target.model.model.vision_tower.load_state_dict(source.model.model.vision_tower.state_dict())
+    save_model(target.model, target.processor, out)

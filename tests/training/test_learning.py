@@ -44,7 +44,7 @@ def test_a_small_model_learns_to_read_the_image(tmp_path):
     assert scores["json"]["validity"] == 1.0, table
     summary = json.loads((tmp_path / "model" / "demo_metrics.json").read_text())
     assert summary["scores"] == scores
-    assert set(summary["steps"]) == {"data", "init", "vision", "language", "compare", "stage 1", "stage 2", "eval"}
+    assert set(summary["steps"]) == {"data", "init", "vision", "tower", "language", "compare", "stage 1", "stage 2", "eval"}
     assert summary["train_steps"]["language"] < SMALL.language_steps, summary["train_steps"]  # its loss came down first
     assert not (tmp_path / "model.work").exists()
     load_model(tmp_path / "model")

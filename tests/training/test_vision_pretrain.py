@@ -8,7 +8,16 @@ import torch
 from safetensors.torch import load_file
 
 from engine.model import checkpoint_keys, load_model
-from training.vision_pretrain import ATTRIBUTES, POOLED, AttributeHeads, load_pixels, pretrain_vision_tower, tower_features
+from engine.model import save_model
+from training.vision_pretrain import (
+    ATTRIBUTES,
+    POOLED,
+    AttributeHeads,
+    load_pixels,
+    pretrain_vision_tower,
+    tower_features,
+    transplant_tower,
+)
 
 
 def _weights(path: Path) -> dict:
@@ -30,6 +39,26 @@ def test_pretraining_changes_only_the_tower(tiny_model_dir, shapes_dir, tmp_path
     changed = {key for key in before if not before[key].equal(after[key])}
     assert changed and all(key.startswith("vision_tower.vision_model.") for key in changed)
     assert type(load_model(out).model).__name__ == "LlavaForConditionalGeneration"
+
+
+
+def test_a_transplanted_tower_joins_the_pretrained_tower_to_another_checkpoints_llm(tiny_model_dir, shapes_dir, tmp_path):
+    """The demo pretrains its tower beside the LLM's text steps and joins the two afterwards."""
+    pretrain_vision_tower(tiny_model_dir, shapes_dir, tmp_path / "vision", steps=2, batch_size=8, warmup=1, echo=lambda line: None)
+    llm = load_model(tiny_model_dir)  # stands in for the text steps' output: its LLM differs from the tiny model's
+    with torch.no_grad():
+        for param in llm.model.model.language_model.parameters():
+            param.add_(0.5)
+    save_model(llm.model, llm.processor, tmp_path / "llm")
+
+    transplant_tower(tmp_path / "vision", tmp_path / "llm", tmp_path / "joined")
+    joined, vision, other = _weights(tmp_path / "joined"), _weights(tmp_path / "vision"), _weights(tmp_path / "llm")
+    assert set(joined) == set(vision) == set(other)
+    for key, value in joined.items():
+        source = vision if key.startswith("vision_tower.") else other
+        assert value.equal(source[key]), key
+    assert any(not vision[key].equal(other[key]) for key in joined if key.startswith("vision_tower."))
+    assert any(not vision[key].equal(other[key]) for key in joined if key.startswith("language_model."))
 
 
 def test_pixels_are_the_inference_preprocessing(tiny_model_dir, shapes_dir):
