@@ -277,7 +277,7 @@ def build_demo(out: str | Path, recipe: Recipe = Recipe(), *, echo: Callable[[st
     # The tower's pretraining reads only images and the language and compare steps only text (they never touch the
     # tower), so it runs beside them in its own process, and `tower` then puts it into the compare step's model:
     # the same weights as one after the other (the same thread count each), in less time. Measured: two training
-    # runs at once take 0.85x the time of one after the other on this 2-core machine.
+    # runs at once take 0.87x the time of one after the other on this 2-core machine.
     tower_job = None
     if recipe.vision_steps:
         echo(

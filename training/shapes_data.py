@@ -300,10 +300,11 @@ def _draw_image(draw: _Draw, job: tuple[str, int]) -> dict[str, list[Any]]:
     scene = sample_scene(rng, noise_fraction=draw.noise_fraction)
     image = f"{split}/{i:06d}.png"
     render(scene).save(draw.out / "images" / image)
+    described = caption(scene)
     records: dict[str, list[Any]] = {"scenes.json": [{"image": image, "split": split, **scene.to_dict()}]}
     if split == "eval":
         records["eval.json"] = eval_items(scene, rng, image, i, f"{prefix}-eval")
-        records["captions"] = [(image, caption(scene))]
+        records["captions"] = [(image, described)]
         return records
     instruction = rng.choice(CAPTION_INSTRUCTIONS)
     user = f"{prompts.IMAGE_TOKEN}\n{prompts.build_instruction('caption', instruction)}"
@@ -313,14 +314,14 @@ def _draw_image(draw: _Draw, job: tuple[str, int]) -> dict[str, list[Any]]:
             {
                 "id": f"{prefix}-cap-{i:06d}",
                 "image": image,
-                "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": caption(scene)}],
+                "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": described}],
             }
         ]
         records["finetune.json"] = [{"id": f"{prefix}-mix-{i:06d}", "image": image, "conversations": conversation(mix)}]
-    described = [Question("caption", "caption", instruction, caption(scene))] + _instruction_mix(scene, rng, draw.max_turns)
-    records["text.json"] = [{"id": f"{prefix}-text-{i:06d}", "conversations": conversation(described, caption(scene))}]
+    questions = [Question("caption", "caption", instruction, described)] + _instruction_mix(scene, rng, draw.max_turns)
+    records["text.json"] = [{"id": f"{prefix}-text-{i:06d}", "conversations": conversation(questions, described)}]
     records["compare.json"] = [
-        {"id": f"{prefix}-compare-{i:06d}", "conversations": conversation([_comparison(scene, rng)], caption(scene))}
+        {"id": f"{prefix}-compare-{i:06d}", "conversations": conversation([_comparison(scene, rng)], described)}
     ]
     return records
 

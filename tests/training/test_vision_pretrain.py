@@ -7,8 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.model import checkpoint_keys, load_model
-from engine.model import save_model
+from engine.model import checkpoint_keys, load_model, save_model
 from training.vision_pretrain import (
     ATTRIBUTES,
     POOLED,
@@ -39,7 +38,6 @@ def test_pretraining_changes_only_the_tower(tiny_model_dir, shapes_dir, tmp_path
     changed = {key for key in before if not before[key].equal(after[key])}
     assert changed and all(key.startswith("vision_tower.vision_model.") for key in changed)
     assert type(load_model(out).model).__name__ == "LlavaForConditionalGeneration"
-
 
 
 def test_a_transplanted_tower_joins_the_pretrained_tower_to_another_checkpoints_llm(tiny_model_dir, shapes_dir, tmp_path):
