@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from importlib.metadata import entry_points
 from typing import Annotated
 
@@ -41,5 +42,33 @@ for _entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda entry: entry.
     _entry.load()(app)
 
 
+def outage(exc: BaseException) -> str | None:
+    """One line naming the service a command could not reach (passwords masked), or None for other errors."""
+    from kombu import Connection
+    from kombu.exceptions import OperationalError as BrokerError
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from engine.settings import get_settings
+
+    settings = get_settings()
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        return f"cannot reach the database {where}: {reason} (is it running?)"
+    if isinstance(exc, BrokerError):
+        where = Connection(settings.broker_url).as_uri()
+        return f"cannot reach the broker {where}: {exc} (is it running? `llava-labeler resume JOB` re-sends a job's items)"
+    return None
+
+
 def main() -> None:
-    app()
+    """The console script: an unreachable database or broker is one line on stderr, not a traceback."""
+    try:
+        app()
+    except Exception as exc:
+        message = outage(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(1) from None

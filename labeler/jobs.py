@@ -15,6 +15,7 @@ from itertools import chain
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import delete, insert, select, update
 
 from engine.backend import GenerationOptions
@@ -204,7 +205,13 @@ def submit(
     except BaseException:  # a bad manifest line (or Ctrl-C) part-way: leave no half-submitted job behind
         _discard(db, job_id)
         raise
-    enqueue(app, job_id, pending_item_ids(db, job_id), batch, settings.labeler.queue)
+    try:
+        enqueue(app, job_id, pending_item_ids(db, job_id), batch, settings.labeler.queue)
+    except KombuOperationalError as exc:  # the items are safe in the database: say how to send them later
+        raise JobError(
+            f"job {job_id} is saved with its items but could not be queued: the broker is unreachable ({exc}); "
+            f"once it is back, `llava-labeler resume {job_id}` queues them"
+        ) from None
     with db.write() as session:
         session.execute(update(Job).where(Job.id == job_id, Job.status == SUBMITTING).values(status=QUEUED))
         finish_job_if_complete(session, job_id)
