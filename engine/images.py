@@ -3,20 +3,28 @@
 Every image that enters llava-labeler (a file in a job, bytes posted to the
 predictor, a URL a source fetched) goes through `load_image`: it refuses
 non-images, truncated files and decompression bombs with an `ImageError` whose
-message names the problem, and always returns an upright 8-bit RGB image.
+message names the problem, and always returns an upright 8-bit RGB image, no
+larger than `ImageLimits.reduce_above` on its longer side (the model sees 336 px, so
+a 40-megapixel photo is reduced as it is decoded rather than held whole).
+`image_size` reads the size from the header alone, for limits checked before decoding.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.settings import ImageLimits
+
+
+# Modes Pillow resamples faithfully as they are; palette, 1-bit and 16-bit images are reduced once they are RGB.
+_RESAMPLED_AS_IS = frozenset({"L", "LA", "RGB", "RGBA", "CMYK"})
 
 
 class ImageError(ValueError):
@@ -32,12 +40,12 @@ def _read_bytes(source: bytes | str | Path, limits: ImageLimits) -> bytes:
             raise ImageError(f"no such image file: {path}")
         size = path.stat().st_size
         if size > limits.max_bytes:
-            raise ImageError(f"image file is {size:,} bytes, over the {limits.max_bytes:,}-byte limit: {path}")
+            raise ImageError(f"image file is over the {limits.max_bytes:,}-byte limit: {path}")
         data = path.read_bytes()
     if not data:
         raise ImageError("empty file: 0 bytes is not an image")
     if len(data) > limits.max_bytes:
-        raise ImageError(f"image is {len(data):,} bytes, over the {limits.max_bytes:,}-byte limit")
+        raise ImageError(f"image is over the {limits.max_bytes:,}-byte limit")
     return data
 
 
@@ -62,14 +70,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def load_image(source: bytes | str | Path, limits: ImageLimits | None = None) -> Image.Image:
-    """Decode bytes or a file into an upright RGB image, or raise `ImageError` saying why not.
-
-    Applies the EXIF orientation, takes the first frame of an animation, and converts
-    palette, alpha, CMYK, greyscale and 16-bit images to 8-bit RGB.
-    """
-    limits = limits or ImageLimits()
-    data = _read_bytes(source, limits)
+@contextmanager
+def _opened(data: bytes, limits: ImageLimits) -> Iterator[Image.Image]:
+    """The image with only its header read, checked against the pixel limit; Pillow's errors inside become `ImageError`."""
     fmt = "unknown format"
     try:
         with warnings.catch_warnings():
@@ -85,21 +88,59 @@ def load_image(source: bytes | str | Path, limits: ImageLimits | None = None) ->
                 )
             if width == 0 or height == 0:
                 raise ImageError(f"image has no pixels ({width}x{height})")
-            image.seek(0)
-            image.load()
+            yield image
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"not an image: the {len(data):,} bytes are in no format Pillow can read") from None
+        raise ImageError("not an image: the bytes are in no format Pillow can read") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"image refused by the decompression-bomb guard: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"corrupt or truncated image ({fmt}): {exc}") from None
+
+
+def image_size(source: bytes | str | Path, limits: ImageLimits | None = None) -> tuple[int, int]:
+    """(width, height) read from the header alone, nothing decoded: what a request's pixel budget is checked on.
+
+    Raises `ImageError` for what `load_image` refuses before decoding (not an image, over the pixel limit).
+    """
+    limits = limits or ImageLimits()
+    with _opened(_read_bytes(source, limits), limits) as image:
+        return image.size
+
+
+def _reduced(image: Image.Image, longest: int) -> Image.Image:
+    """`image` (decoded) with its longer side at most `longest`, aspect kept, reduced in place."""
+    if max(image.size) > longest:
+        image.thumbnail((longest, longest))
+    return image
+
+
+def load_image(source: bytes | str | Path, limits: ImageLimits | None = None) -> Image.Image:
+    """Decode bytes or a file into an upright RGB image, or raise `ImageError` saying why not.
+
+    Applies the EXIF orientation, takes the first frame of an animation, and converts
+    palette, alpha, CMYK, greyscale and 16-bit images to 8-bit RGB. An image whose longer
+    side is over `limits.reduce_above` comes back reduced to it (the model sees 336 px):
+    a JPEG is decoded at a reduced scale (Pillow's draft mode), any other image is reduced
+    right after decoding, so only one full-size decode is ever held, and only briefly.
+    """
+    limits = limits or ImageLimits()
+    longest = limits.reduce_above
+    with _opened(_read_bytes(source, limits), limits) as image:
+        image.seek(0)
+        width, height = image.size
+        if max(width, height) > longest:
+            scale = longest / max(width, height)
+            image.draft(None, (max(1, int(width * scale)), max(1, int(height * scale))))
+        image.load()
+        if image.mode in _RESAMPLED_AS_IS:
+            image = _reduced(image, longest)
     try:
         image = ImageOps.exif_transpose(image) or image
     except Exception:  # a broken EXIF block must not fail an otherwise good image
         pass
-    return _to_rgb(image)
+    return _reduced(_to_rgb(image), longest)
 
 
 def pad_color(image_mean: Sequence[float]) -> tuple[int, int, int]:

@@ -1,31 +1,56 @@
-"""JSON-schema-constrained decoding with xgrammar, and the validity check after it.
+"""JSON schemas from users: validated without ever leaving the document, and compiled for constrained decoding.
 
-Each schema is checked (jsonschema's meta-schema) and compiled by xgrammar once,
-then cached; a schema that cannot be compiled is a `SchemaError` naming the
-problem. During decoding a grammar matcher per constrained row masks the logits
-so only tokens that keep the output a valid prefix survive. After decoding,
-`parse_and_validate` is the final gate: a result with a schema is JSON that
-validates, or an explicit failure.
+A schema arrives from whoever calls the predictor or submits a job, so it is untrusted.
+It must be self-contained: `validator` (the one way anything here validates against a
+user's schema) refuses a `$ref` that is not a fragment of the schema itself (`#...`)
+before anything else sees it, refuses schemas nested deeper than `MAX_SCHEMA_DEPTH`
+(deep enough for any labeling schema, shallow enough that no check recurses out of
+stack), and resolves references through a registry that retrieves nothing, so no
+request, file read or hang can come from a schema. Each schema is then checked
+(jsonschema's meta-schema) and compiled by xgrammar once, then cached; a schema that
+cannot be compiled is a `SchemaError` naming the problem. During decoding a grammar
+matcher per constrained row masks the logits so only tokens that keep the output a
+valid prefix survive. After decoding, `parse_and_validate` is the final gate: a result
+with a schema is JSON that validates, or an explicit failure.
+
+torch and xgrammar are imported where they are used, so validation (the review console
+uses it) does not load the inference stack.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
-import torch
-import xgrammar as xgr
+import referencing
+import referencing.exceptions
+from jsonschema.protocols import Validator
 
-# vicuna_v1 answers follow "ASSISTANT:" after a space (" {...}"), so models emit a leading-space
-# token first; the grammar allows that one space instead of forcing an unseen first token.
-_LEADING_SPACE = xgr.Grammar.from_ebnf('root ::= " "?')
+if TYPE_CHECKING:
+    import torch
+    import xgrammar as xgr
+
+MAX_SCHEMA_DEPTH = 64  # nested objects and arrays in a schema document
+_REFERENCE_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+# xgrammar prefixes its messages with "[time] path/file.cc:line: "; the path is the build machine's, not the user's business.
+_XGRAMMAR_PREFIX = re.compile(r"^(?:\[[^\]]*\]\s*)?(?:\S+\.(?:cc|cpp|h|hpp):\d+:\s*)?")
 
 
 class SchemaError(ValueError):
-    """A JSON schema that is invalid or that constrained decoding cannot compile."""
+    """A JSON schema that is invalid, not self-contained, or that constrained decoding cannot compile."""
+
+
+def _retrieve_nothing(uri: str) -> referencing.Resource:
+    raise referencing.exceptions.NoSuchResource(ref=uri)
+
+
+# Every reference resolves within the schema or not at all: nothing is fetched, read or waited for.
+_SELF_CONTAINED = referencing.Registry(retrieve=_retrieve_nothing)
 
 
 def canonical(schema: dict[str, Any]) -> str:
@@ -33,15 +58,54 @@ def canonical(schema: dict[str, Any]) -> str:
     return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 
-def check_schema(schema: Any) -> None:
-    """Raise `SchemaError` unless `schema` is a valid JSON schema object."""
+def _self_contained(schema: Any) -> dict[str, Any]:
+    """`schema` if it is an object with no reference outside itself and no deeper than `MAX_SCHEMA_DEPTH`, else `SchemaError`.
+
+    Iterative (a deep schema cannot exhaust the stack here), and it looks at every object,
+    keyword or not, because a `#/...` pointer can make any part of the document a schema.
+    """
     if not isinstance(schema, dict):
         raise SchemaError(f"a JSON schema must be an object, got {type(schema).__name__}")
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise SchemaError(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels of objects and arrays")
+        if isinstance(node, dict):
+            for keyword in _REFERENCE_KEYWORDS:
+                target = node.get(keyword)
+                if isinstance(target, str) and not target.startswith("#"):
+                    raise SchemaError(
+                        f"the schema's {keyword} {target!r} points outside the schema: only references "
+                        "within it (#...) are allowed, and nothing is fetched"
+                    )
+            children = node.values()
+        else:
+            children = node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return schema
+
+
+def validator(schema: Any) -> Validator:
+    """A jsonschema validator for a user's schema: the one way llava-labeler validates against one.
+
+    Raises `SchemaError` unless `schema` is a valid, self-contained JSON schema object. Its
+    registry retrieves nothing, so even a reference the up-front check could not see
+    fails as unresolvable instead of fetching.
+    """
+    schema = _self_contained(schema)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
+        cls.check_schema(schema)
     except jsonschema.SchemaError as exc:
         where = "/".join(str(part) for part in exc.absolute_path) or "(root)"
         raise SchemaError(f"invalid JSON schema at {where}: {exc.message}") from None
+    return cls(schema, registry=_SELF_CONTAINED)
+
+
+def check_schema(schema: Any) -> None:
+    """Raise `SchemaError` unless `schema` is a valid, self-contained JSON schema object."""
+    validator(schema)
 
 
 def parse_and_validate(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
@@ -50,8 +114,16 @@ def parse_and_validate(text: str, schema: dict[str, Any]) -> tuple[Any, str | No
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return None, f"output is not valid JSON: {exc.msg} at character {exc.pos}"
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    except RecursionError:
+        return None, "output is not valid JSON: it nests too deeply to parse"
+    try:
+        error = jsonschema.exceptions.best_match(validator(schema).iter_errors(value))
+    except SchemaError as exc:
+        return None, str(exc)
+    except referencing.exceptions.Unresolvable as exc:
+        return None, f"the schema's reference to {exc.ref!r} does not resolve within the schema"
+    except RecursionError:
+        return None, "output cannot be validated: it (or the schema's references) nests too deeply"
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "(root)"
         return None, f"output does not match the schema at {where}: {error.message}"
@@ -62,18 +134,29 @@ class GrammarCache:
     """Compiles schemas for one tokenizer, once each (bounded LRU), thread-safe."""
 
     def __init__(self, tokenizer, vocab_size: int, *, max_entries: int = 256) -> None:
+        import xgrammar as xgr
+
         self.info = xgr.TokenizerInfo.from_huggingface(
             tokenizer, vocab_size=vocab_size, stop_token_ids=[tokenizer.eos_token_id]
         )
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=2)
         self.vocab_size = vocab_size
+        # vicuna_v1 answers follow "ASSISTANT:" after a space (" {...}"), so models emit a leading-space
+        # token first; the grammar allows that one space instead of forcing an unseen first token.
+        self._leading_space = xgr.Grammar.from_ebnf('root ::= " "?')
         self._compiled: OrderedDict[str, xgr.CompiledGrammar | SchemaError] = OrderedDict()
         self._max_entries = max_entries
         self._lock = threading.Lock()
 
     def compile(self, schema: dict[str, Any]) -> xgr.CompiledGrammar:
-        """The compiled grammar for `schema`; raises `SchemaError` (also cached) when it cannot compile."""
-        key = canonical(schema)
+        """The compiled grammar for `schema`; raises `SchemaError` (also cached) when it cannot compile.
+
+        A reference outside the schema is refused before the cache key is even made, so
+        xgrammar never sees one.
+        """
+        import xgrammar as xgr
+
+        key = canonical(_self_contained(schema))
         with self._lock:
             hit = self._compiled.get(key)
             if hit is not None:
@@ -82,13 +165,12 @@ class GrammarCache:
             try:
                 check_schema(schema)
                 schema_grammar = xgr.Grammar.from_json_schema(key, any_whitespace=False, strict_mode=True)
-                hit = self.compiler.compile_grammar(xgr.Grammar.concat(_LEADING_SPACE, schema_grammar))
+                hit = self.compiler.compile_grammar(xgr.Grammar.concat(self._leading_space, schema_grammar))
             except SchemaError as exc:
                 hit = exc
             except (RuntimeError, ValueError, xgr.InvalidJSONError) as exc:
                 message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                message = message.split("] ", 1)[-1]  # drop xgrammar's "[time] file:line" prefix
-                hit = SchemaError(f"constrained decoding cannot use this schema: {message}")
+                hit = SchemaError(f"constrained decoding cannot use this schema: {_XGRAMMAR_PREFIX.sub('', message)}")
             with self._lock:
                 self._compiled[key] = hit
                 while len(self._compiled) > self._max_entries:
@@ -98,13 +180,22 @@ class GrammarCache:
         return hit
 
     def matcher(self, schema: dict[str, Any]) -> xgr.GrammarMatcher:
+        import xgrammar as xgr
+
         return xgr.GrammarMatcher(self.compile(schema))
 
 
-_SHIFTS = torch.arange(32, dtype=torch.int32)
-_BYTE_BITS = torch.tensor([[(byte >> bit) & 1 for bit in range(8)] for byte in range(256)], dtype=torch.bool)
 # Below this many allowed-bit words per row, masking by the allowed tokens' indices beats a dense unpack.
 _SPARSE_WORDS_PER_ROW = 64
+
+
+@cache
+def _bit_tables() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 32 shifts of a bitmask word, and each byte's 8 bits as booleans (built on first use)."""
+    import torch
+
+    byte_bits = torch.tensor([[(byte >> bit) & 1 for bit in range(8)] for byte in range(256)], dtype=torch.bool)
+    return torch.arange(32, dtype=torch.int32), byte_bits
 
 
 def apply_bitmask(scores: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
@@ -115,15 +206,19 @@ def apply_bitmask(scores: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) 
     vectorise with torch: by the allowed tokens' indices when few are allowed (the usual
     case inside JSON structure), else by unpacking bytes through a lookup table.
     """
+    import torch
+    import xgrammar as xgr
+
     if scores.device.type != "cpu":
         xgr.apply_token_bitmask_inplace(scores, bitmask.to(scores.device), indices=rows)
         return
     vocab = scores.shape[-1]
+    shifts, byte_bits = _bit_tables()
     index = torch.tensor(rows, dtype=torch.long)
     words = bitmask[index]
     if int(torch.count_nonzero(words)) <= _SPARSE_WORDS_PER_ROW * len(rows):
         row_of, word = torch.nonzero(words, as_tuple=True)
-        bits = ((words[row_of, word].unsqueeze(-1) >> _SHIFTS) & 1).bool()
+        bits = ((words[row_of, word].unsqueeze(-1) >> shifts) & 1).bool()
         which, bit = torch.nonzero(bits, as_tuple=True)
         tokens = word[which] * 32 + bit
         keep = tokens < vocab
@@ -132,5 +227,5 @@ def apply_bitmask(scores: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) 
         scores[index] = float("-inf")
         scores[target_rows, tokens] = allowed
     else:
-        allowed = _BYTE_BITS[words.view(torch.uint8).long()].view(len(rows), -1)[:, :vocab]
+        allowed = byte_bits[words.view(torch.uint8).long()].view(len(rows), -1)[:, :vocab]
         scores[index] = scores[index].masked_fill(~allowed, float("-inf"))

@@ -57,14 +57,18 @@ class QueueDepth(Collector):
         yield GaugeMetricFamily("labeler_queue_depth_items", "Items not yet finished in queued and running jobs.", value=value)
 
 
-def serve(port: int, db: Database) -> None:
-    """Serve the children's aggregated metrics and the queue depth on `port` (a daemon thread)."""
+def serve(host: str, port: int, db: Database) -> None:
+    """Serve the children's aggregated metrics and the queue depth on `host`:`port` (a daemon thread).
+
+    `host` is 127.0.0.1 by default and the pod's own IP in a cluster (the chart sets it), not
+    0.0.0.0: only the pod network, where the NetworkPolicy lets Prometheus in, reaches it.
+    """
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be set before labeler.metrics is imported")
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     registry.register(QueueDepth(db))
-    start_http_server(port, registry=registry)
+    start_http_server(port, addr=host, registry=registry)
 
 
 def child_exited(pid: int) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 class PathEscapeError(ValueError):
-    """A path points outside the allowed roots; the message says which path and which roots."""
+    """A path points outside the allowed roots; the message names the path and the roots, never its target."""
 
 
 def allowed_roots(configured: Sequence[Path], default: Path) -> list[Path]:
@@ -59,14 +59,13 @@ class PathGuard:
         if any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots):
             return real
         listed = ", ".join(self.roots)
-        raise PathEscapeError(
-            f"refused: {path} resolves to {real}, outside the allowed roots ({listed}); "
+        raise PathEscapeError(  # not where it leads: a link's target can reveal paths and process ids (/proc/self)
+            f"refused: {path} leads outside the allowed roots ({listed}) once symlinks and '..' are resolved; "
             "set LLAVA_LABELER_FETCH__ALLOWED_ROOTS to allow more"
         )
 
 
 def check_unchanged(path: Path) -> None:
     """Refuse a stored (already resolved) path that now leads elsewhere through a new symlink."""
-    real = Path(os.path.realpath(path))
-    if real != path:
-        raise PathEscapeError(f"refused: {path} now resolves to {real} (a symlink appeared after submit)")
+    if Path(os.path.realpath(path)) != path:
+        raise PathEscapeError(f"refused: {path} now leads elsewhere (a symlink appeared after submit)")

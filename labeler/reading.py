@@ -1,9 +1,11 @@
-"""Reading one item's image bytes, whatever its URI: a local path, an http(s) URL, an fsspec URL.
+"""Reading one item's image bytes, whatever its URI: a local path, an http(s) URL, an object-store URL.
 
-Every read is bounded by the image byte limit. http(s) goes through `engine.fetch`
-(the SSRF guard); other schemes through fsspec; local paths were resolved by the path
-guard at submit and are refused if a symlink has appeared on them since. Problems
-raise `ReadError` with a message that ends up as the item's failure reason.
+Every URI passes `engine.locations` again here, whatever was checked at submit (rows may
+predate a rule, a failed item may be retried): http(s) then goes through `engine.fetch`
+(the SSRF guard), an enabled object store through fsspec, and a local path, resolved by
+the path guard at submit, is refused if a symlink has appeared on it since. Every read
+is bounded by the image byte limit. Problems raise `ReadError` with a message that ends
+up as the item's failure reason.
 """
 
 from __future__ import annotations
@@ -11,27 +13,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.fetch import FetchError, fetch_bytes
-from engine.settings import Settings
+from engine.locations import LocationRefused, Locations
+from labeler.settings import LabelerConfig
 from labeler.paths import PathEscapeError, check_unchanged
-from labeler.sources import is_http, is_url
 
 
 class ReadError(Exception):
     """The item's image could not be read; the message is the reason a person sees."""
 
 
-def read_image_bytes(uri: str, settings: Settings) -> bytes:
+def read_image_bytes(uri: str, settings: LabelerConfig) -> bytes:
     limit = settings.images.max_bytes
     try:
-        if is_http(uri):
+        location = Locations(settings.fetch).check(uri)
+        if location.kind == "http":
             return fetch_bytes(uri, settings.fetch, max_bytes=limit)
-        if is_url(uri):
-            return _read_fsspec(uri, limit)
-        path = Path(uri)
+        if location.kind == "store":
+            return _read_store(uri, limit)
+        path = Path(location.uri)
         check_unchanged(path)
         with path.open("rb") as handle:
             return _bounded(handle.read(limit + 1), limit, uri)
-    except (FetchError, PathEscapeError) as exc:
+    except (LocationRefused, FetchError, PathEscapeError) as exc:
         raise ReadError(str(exc)) from None
     except FileNotFoundError:
         raise ReadError(f"no such file: {uri}") from None
@@ -41,7 +44,7 @@ def read_image_bytes(uri: str, settings: Settings) -> bytes:
         raise ReadError(f"cannot read {uri}: {exc.strerror or exc}") from None
 
 
-def _read_fsspec(uri: str, limit: int) -> bytes:
+def _read_store(uri: str, limit: int) -> bytes:
     import fsspec
 
     try:
@@ -52,6 +55,6 @@ def _read_fsspec(uri: str, limit: int) -> bytes:
 
 
 def _bounded(data: bytes, limit: int, uri: str) -> bytes:
-    if len(data) > limit:
+    if len(data) > limit:  # never the size: whoever reads item errors may not see the files themselves
         raise ReadError(f"{uri} is over the {limit:,}-byte image limit")
     return data

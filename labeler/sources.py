@@ -1,20 +1,23 @@
-"""Where a job's images come from: a directory, a glob, a JSONL manifest, or a remote store.
+"""Where a job's images come from: a directory, a glob, a JSONL manifest, or an object store.
 
 `iter_source(source)` turns what the operator typed into a stream of `SourceItem`s,
 never a list, so a manifest of millions of lines is read as it is inserted:
 - a local directory: every file under it (recursively) whose extension is an image's;
-- a glob (`photos/**/*.jpg`): the files it matches;
-- a `.jsonl` manifest (a path, an http(s) URL or any fsspec URL): one JSON object per
+- a glob (`photos/**/*.jpg`): the files it matches (`*` matches names starting with a dot too);
+- a `.jsonl` manifest (a path, an http(s) URL or an object-store URL): one JSON object per
   line, `{"image": path-or-URL, "question": ..., "metadata": {...}, "reference": ...}`,
   where only `image` is required, relative paths are relative to the manifest, and
   `reference` is ground truth that `run` scores against; other keys go into metadata;
 - an http(s) URL: one image, fetched by `engine.fetch` when the worker reads it;
-- any other fsspec URL (`s3://bucket/prefix/`, `gs://...`, `memory://...`): a prefix
-  (listed recursively, by extension), a glob, or one object.
+- an object-store URL (`s3://bucket/prefix/`, `gs://...`, `memory://...`, when enabled in
+  `FetchPolicy.object_stores`): a prefix (listed recursively, by extension), a glob, or one object.
 
-Local paths from a manifest are resolved through the path guard (`labeler.paths`); one
-that escapes becomes an item that fails with the reason, and the rest of the job runs.
-A malformed manifest line stops the submit with its line number: nothing is written.
+Every location (the source, every manifest line) passes `engine.locations` (the one
+allow-list of schemes); local paths from a manifest then pass the path guard
+(`labeler.paths`). A refused line becomes an item that fails with the reason, and the
+rest of the job runs; a refused source stops the submit. Listings never enter symlinked
+directories and list a file once. A malformed manifest line stops the submit with its
+line number: nothing is written.
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from engine.fetch import FetchError, open_url
+from engine.locations import LocationRefused, Locations
 from engine.settings import FetchPolicy
 from labeler.paths import PathEscapeError, PathGuard, allowed_roots
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MANIFEST_KEYS = ("image", "question", "metadata", "reference")
-_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 class SourceError(ValueError):
@@ -54,14 +57,6 @@ class SourceItem:
     error: str | None = None
 
 
-def is_url(text: str) -> bool:
-    return bool(_SCHEME.match(text))
-
-
-def is_http(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
 def iter_source(
     source: str,
     policy: FetchPolicy,
@@ -71,68 +66,108 @@ def iter_source(
 ) -> Iterator[SourceItem]:
     """The items `source` names, in a stable order (sorted listings, manifest order)."""
     suffixes = tuple(ext.lower() for ext in extensions)
-    if source.startswith("file://"):
-        source = urlsplit(source).path
-    if is_http(source):
+    locations = Locations(policy)
+    try:
+        location = locations.check(source)
+    except LocationRefused as exc:
+        raise SourceError(str(exc)) from None
+    path = location.uri  # for a local source, without file://
+    if location.kind == "http":
         if urlsplit(source).path.endswith(".jsonl"):
-            yield from _manifest(_http_lines(source, policy, max_manifest_bytes), source, lambda entry: urljoin(source, entry))
+            lines = _http_lines(source, policy, max_manifest_bytes)
+            yield from _manifest(lines, source, locations, lambda entry: urljoin(source, entry))
         else:
             yield SourceItem(uri=source)
-    elif is_url(source):
-        yield from _fsspec(source, suffixes)
-    elif source.endswith(".jsonl") and not glob.has_magic(source):
-        yield from _local_manifest(Path(source), policy)
-    elif glob.has_magic(source):
-        base = Path(_glob_base(source)).resolve()
-        matches = (Path(p) for p in sorted(glob.iglob(source, recursive=True)) if os.path.isfile(p))
-        yield from _local_files(matches, base)
-    elif Path(source).is_dir():
-        root = Path(source).resolve()
-        yield from _local_files(_walk(root, suffixes), root)
-    elif Path(source).is_file():
-        yield SourceItem(uri=str(Path(source).resolve()))
+    elif location.kind == "store":
+        yield from _store(source, suffixes, locations)
+    elif path.endswith(".jsonl") and not glob.has_magic(path):
+        yield from _local_manifest(Path(path), policy, locations)
+    elif glob.has_magic(path):
+        yield from _glob(path)
+    elif os.path.isdir(path):
+        root = os.path.realpath(path)
+
+        def image(relative: str) -> bool:
+            return relative.lower().endswith(suffixes)
+
+        yield from _listed(root, _walk(root, image), image)
+    elif os.path.isfile(path):
+        yield SourceItem(uri=os.path.realpath(path))
     else:
         raise SourceError(f"source not found: {source} (expected a directory, a glob, a .jsonl manifest or a URL)")
 
 
-def _walk(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
-    for directory, dirs, files in os.walk(root):  # symlinked directories are not entered
+def _walk(root: str, keep: Callable[[str], bool], depth: int | None = None) -> Iterator[str]:
+    """Files under `root` whose path relative to it `keep` accepts, sorted.
+
+    Symlinked directories are never entered (a link loop would list files forever), nor
+    directories more than `depth` levels down.
+    """
+    for directory, dirs, files in os.walk(root):
+        relative = os.path.relpath(directory, root)
+        prefix = "" if relative == "." else relative + "/"
+        if depth is not None and prefix.count("/") >= depth:
+            dirs.clear()
         dirs.sort()
         for name in sorted(files):
-            if name.lower().endswith(suffixes):
-                yield Path(directory) / name
+            if keep(prefix + name):
+                yield os.path.join(directory, name)
 
 
-def _glob_base(pattern: str) -> str:
-    """The directory part of a glob before its first wildcard (the root its matches must stay in)."""
+def _glob_split(pattern: str) -> tuple[str, str]:
+    """A glob's fixed directory (before its first wildcard) and the rest of it, relative to that directory."""
     parts = Path(pattern).parts
-    fixed = parts[: next(i for i, part in enumerate(parts) if glob.has_magic(part))]
-    return str(Path(*fixed)) if fixed else "."
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return str(Path(*parts[:first])), "/".join(parts[first:])
 
 
-def _local_files(paths: Iterable[Path], root: Path) -> Iterator[SourceItem]:
-    """Files from a listing; a symlink leading out of the listed tree fails its item."""
-    guard = PathGuard([root])
+def _glob(pattern: str) -> Iterator[SourceItem]:
+    """The files a local glob matches, found by walking its fixed directory (as `_walk`: links to directories not followed)."""
+    from fsspec.utils import glob_translate  # the glob-to-regex translation of Python 3.13, for 3.11
+
+    base, rest = _glob_split(pattern)
+    try:
+        regex = re.compile(glob_translate(rest))
+    except ValueError as exc:
+        raise SourceError(f"invalid glob {pattern}: {exc}") from None
+
+    def matches(relative: str) -> bool:
+        return regex.match(relative) is not None
+
+    root = os.path.realpath(base)
+    yield from _listed(root, _walk(root, matches, None if "**" in rest else rest.count("/")), matches)
+
+
+def _listed(root: str, paths: Iterable[str], keep: Callable[[str], bool]) -> Iterator[SourceItem]:
+    """Items for the files a walk of `root` found, each file once.
+
+    A symlink leading out of the tree fails its item; a symlink to a file the walk lists
+    under its own name is skipped, and so is a second link to the same file.
+    """
+    guard = PathGuard([Path(root)])
+    linked: set[str] = set()
     for path in paths:
         try:
-            yield SourceItem(uri=guard.resolve(path, root))
+            real = guard.resolve(path, root)
         except PathEscapeError as exc:
-            yield SourceItem(uri=str(path), error=str(exc))
+            yield SourceItem(uri=path, error=str(exc))
+            continue
+        if real != path:
+            if real in linked or (os.path.exists(real) and keep(os.path.relpath(real, root))):
+                continue
+            linked.add(real)
+        yield SourceItem(uri=real)
 
 
-def _local_manifest(path: Path, policy: FetchPolicy) -> Iterator[SourceItem]:
+def _local_manifest(path: Path, policy: FetchPolicy, locations: Locations) -> Iterator[SourceItem]:
     base = path.resolve().parent
     guard = PathGuard(allowed_roots(policy.allowed_roots, base))
-
-    def resolve(entry: str) -> str:
-        return guard.resolve(entry, base)
-
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise SourceError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
     with handle:
-        yield from _manifest(handle, str(path), resolve)
+        yield from _manifest(handle, str(path), locations, lambda entry: guard.resolve(entry, base))
 
 
 def _http_lines(url: str, policy: FetchPolicy, max_bytes: int) -> Iterator[bytes]:
@@ -149,7 +184,10 @@ def _http_lines(url: str, policy: FetchPolicy, max_bytes: int) -> Iterator[bytes
         raise SourceError(f"cannot read manifest: {exc}") from None
 
 
-def _manifest(lines: Iterable[bytes], name: str, resolve: Callable[[str], str]) -> Iterator[SourceItem]:
+def _manifest(
+    lines: Iterable[bytes], name: str, locations: Locations, resolve: Callable[[str], str]
+) -> Iterator[SourceItem]:
+    """Items from manifest lines; `resolve` turns a line's local path into a URI (against the manifest, through its guard)."""
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -168,18 +206,27 @@ def _manifest(lines: Iterable[bytes], name: str, resolve: Callable[[str], str]) 
         metadata = {**metadata, **{k: v for k, v in record.items() if k not in MANIFEST_KEYS}}
         entry: str = record["image"]
         common = dict(question=question, metadata=metadata, reference=record.get("reference"))
-        if entry.startswith("file://"):
-            entry = urlsplit(entry).path
-        if is_url(entry):
-            yield SourceItem(uri=entry, **common)
-            continue
         try:
-            yield SourceItem(uri=resolve(entry), **common)
-        except PathEscapeError as exc:
-            yield SourceItem(uri=entry, error=str(exc), **common)
+            uri, error = _located(entry, locations, resolve), None
+        except (LocationRefused, PathEscapeError) as exc:
+            uri, error = entry, str(exc)
+        yield SourceItem(uri=uri, error=error, **common)
 
 
-def _fsspec(url: str, suffixes: tuple[str, ...]) -> Iterator[SourceItem]:
+def _located(entry: str, locations: Locations, resolve: Callable[[str], str]) -> str:
+    """The URI a manifest line names, or the refusal.
+
+    A local path is resolved against the manifest and checked again: joined to a remote
+    manifest's URL it has become a URL.
+    """
+    location = locations.check(entry)
+    if location.kind != "local":
+        return location.uri
+    return locations.check(resolve(location.uri)).uri
+
+
+def _store(url: str, suffixes: tuple[str, ...], locations: Locations) -> Iterator[SourceItem]:
+    """An enabled object store's manifest, prefix (listed by extension), glob or single object."""
     import fsspec
 
     try:
@@ -194,10 +241,10 @@ def _fsspec(url: str, suffixes: tuple[str, ...]) -> Iterator[SourceItem]:
 
         try:
             handle = fs.open(path, "rb")
-        except (OSError, FileNotFoundError) as exc:
+        except OSError as exc:
             raise SourceError(f"cannot read manifest {url}: {exc}") from None
         with handle:
-            yield from _manifest(handle, url, resolve)
+            yield from _manifest(handle, url, locations, resolve)
         return
     try:
         if glob.has_magic(path):

@@ -3,10 +3,16 @@
 Review shows the image large; Browse shows thumbnails. Both are re-encoded PNGs of the
 decoded image, so the browser never receives a file the safe loader refused, and both
 are cached per server process (a page of thumbnails is read once, not on every rerun).
+
+The pictures travel inside the page, as data: URLs, never through Streamlit's media
+endpoint: `st.image` of bytes would publish them at /media/<hash>, a URL the server
+answers for anyone, signed in or not. A data: URL reaches only the session whose
+script rendered it, which the login (ui/access.py) has already let in.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 
 import streamlit as st
@@ -44,9 +50,14 @@ def _picture(uri: str, size: int) -> bytes | str:
     return buffer.getvalue()
 
 
+def inline(png: bytes) -> str:
+    """A data: URL of the PNG, which `st.image` passes to the page as is (no media file is made)."""
+    return f"data:image/png;base64,{base64.b64encode(png).decode('ascii')}"
+
+
 def show(uri: str, *, size: int = REVIEW_SIZE, caption: str | None = None) -> None:
     """The image in the page, or a warning naming why it cannot be shown."""
     try:
-        st.image(picture(uri, size), caption=caption, width="stretch")
+        st.image(inline(picture(uri, size)), caption=caption, width="stretch")
     except Unviewable as exc:
         st.warning(f"cannot show {uri}: {exc}")

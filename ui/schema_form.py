@@ -15,8 +15,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
 import streamlit as st
+
+from engine.structured import validator
 
 EMPTY = "—"
 
@@ -38,8 +39,7 @@ def edit(schema: dict[str, Any], value: Any, key: str) -> Edited:
 
 def validation_errors(value: Any, schema: dict[str, Any]) -> list[str]:
     """Every way `value` breaks `schema`, each naming where ("at count: 7 is greater than ...")."""
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    found = sorted(validator.iter_errors(value), key=lambda error: list(error.absolute_path))
+    found = sorted(validator(schema).iter_errors(value), key=lambda error: list(error.absolute_path))
     return [f"at {_where(error.absolute_path)}: {error.message}" for error in found]
 
 

@@ -235,12 +235,13 @@ def test_console_binds_all_interfaces_only_in_the_cluster_and_probes_streamlit(r
         ({"workers": {"concurrency": "four"}}, "/workers/concurrency"),
         ({"predictor": {"enabled": False}}, "/workers/engineUrl"),
         ({"engineBuild": {"enabled": True, "outputPath": "../../etc"}}, "/engineBuild/outputPath"),
+        ({"console": {"trustedProxies": ["*"]}}, "/console/trustedProxies/0"),
     ],
     ids=[
         "canary-over-100", "canary-without-knative", "unknown-key", "external-db-without-secret",
         "keda-without-redis-address", "console-without-login", "oidc-without-secret", "plaintext-password",
         "privilege-escalation", "root-pods", "bad-cron", "predictor-without-gpu", "wrong-type",
-        "no-predictor-no-url", "path-escape",
+        "no-predictor-no-url", "path-escape", "trust-every-proxy",
     ],
 )  # fmt: skip
 def test_values_schema_rejects_bad_values(render, values: dict[str, Any], complaint: str) -> None:
@@ -289,7 +290,7 @@ def test_retrain_writes_versions_where_the_storage_uri_it_patches_points(release
 
 def test_retrain_compiles_for_a_trtllm_predictor_and_the_settings_read_the_rendered_env(release, monkeypatch) -> None:
     """The CronJob's environment, as the retrain's Settings reads it: a TensorRT-LLM predictor means an engine build."""
-    from engine.settings import Settings
+    from entrypoints.settings import Settings
 
     env = {name: entry["value"] for name, entry in release.pod("retrain").env().items() if "value" in entry}
     for name, value in env.items():

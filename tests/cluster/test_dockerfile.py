@@ -235,7 +235,7 @@ def test_everything_the_dockerfile_copies_is_in_the_context(stages: dict[str, St
         if not value.startswith("--from")
         for source in value.split()[:-1]
     }
-    assert sources == {"pyproject.toml", "README.md", "engine", "labeler", "training", "ui"}
+    assert sources == {"pyproject.toml", "README.md", "engine", "labeler", "training", "ui", "entrypoints"}
     for source in sources:
         assert (REPO / source).exists(), source
         assert not dockerignored(source, ignore_patterns), f"{source} is copied but .dockerignore drops it"

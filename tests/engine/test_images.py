@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.images import ImageError, expand_to_square, load_image, pad_color
+from engine.images import ImageError, expand_to_square, image_size, load_image, pad_color
 from engine.settings import ImageLimits
 
 
@@ -36,7 +36,7 @@ def png_header_only(width: int, height: int) -> bytes:
         (encode(Image.new("RGB", (64, 64), "red"))[:60], "corrupt or truncated image"),
         (encode(Image.new("RGB", (64, 64), "red"), "JPEG")[:200], "corrupt or truncated image"),
         (png_header_only(100_000, 100_000), "decompression-bomb guard"),
-        (png_header_only(9_000, 9_000), "81,000,000 pixels, over the 64,000,000-pixel limit"),
+        (png_header_only(9_000, 9_000), "81,000,000 pixels, over the 40,000,000-pixel limit"),
     ],
     ids=["empty", "not-image", "truncated-png", "truncated-jpeg", "bomb-pillow", "bomb-ours"],
 )
@@ -118,3 +118,62 @@ def test_expand_to_square_pads_with_the_mean_colour_and_keeps_the_image_centred(
     assert tall.size == (30, 30) and tall.getpixel((0, 15)) == color and tall.getpixel((15, 15)) == (0, 0, 255)
     square = Image.new("RGB", (16, 16))
     assert expand_to_square(square, color) is square
+
+
+def test_image_size_reads_the_header_only():
+    bomb = png_header_only(5_000, 4_000)  # declares 20 MP, holds 64 bytes of pixels
+    assert image_size(bomb) == (5_000, 4_000)
+    with pytest.raises(ImageError, match="corrupt or truncated image"):
+        load_image(bomb)
+    with pytest.raises(ImageError, match="over the 1,000-pixel limit"):
+        image_size(bomb, ImageLimits(max_pixels=1_000))
+    with pytest.raises(ImageError, match="not an image"):
+        image_size(b"%PDF-1.4")
+
+
+def palette_image(size: tuple[int, int], colour: tuple[int, int, int]) -> Image.Image:
+    image = Image.new("P", size, 1)
+    image.putpalette([0, 0, 0, *colour] + [0] * 762)
+    return image
+
+
+RED = (200, 40, 40)
+
+
+@pytest.mark.parametrize(
+    "image, fmt, expected",
+    [
+        (Image.new("RGB", (3000, 1500), RED), "PNG", (2048, 1024)),
+        (Image.new("RGB", (4096, 8192), RED), "JPEG", (1024, 2048)),  # decoded at 1/2 scale (draft mode)
+        (Image.new("RGB", (6000, 3000), RED), "JPEG", (2048, 1024)),
+        (Image.new("RGBA", (2500, 2500), (*RED, 255)), "PNG", (2048, 2048)),
+        (palette_image((3000, 600), RED), "PNG", (2048, 410)),
+        (Image.fromarray(np.full((100, 4100), 257 * RED[0], dtype=np.uint16)), "PNG", (2048, 50)),
+    ],
+    ids=["png", "jpeg-exact-half", "jpeg", "rgba", "palette", "16-bit"],
+)
+def test_images_over_reduce_above_are_reduced_as_they_are_decoded(image, fmt, expected):
+    loaded = load_image(encode(image, fmt))
+    assert loaded.size == expected and loaded.mode == "RGB"
+    colour = RED if image.mode != "I;16" else (RED[0],) * 3
+    assert all(abs(a - b) <= 3 for a, b in zip(loaded.getpixel((expected[0] // 2, expected[1] // 2)), colour))
+
+
+def test_the_reduction_follows_the_setting_and_keeps_the_orientation():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = encode(Image.new("RGB", (1200, 400), "red"), "JPEG", exif=exif.tobytes())
+    assert load_image(data, ImageLimits(reduce_above=600)).size == (200, 600)
+
+
+@pytest.mark.parametrize("size", [(2048, 2048), (2048, 700), (336, 336), (97, 61)])
+def test_images_up_to_reduce_above_give_the_pixel_values_they_always_did(tiny_backend, size):
+    pixels = np.random.default_rng(sum(size)).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    data = encode(Image.fromarray(pixels), "PNG")
+    loaded = load_image(data)
+    assert loaded.size == size and np.array_equal(np.asarray(loaded), pixels)
+    processor = tiny_backend.loaded.processor.image_processor
+    colour = pad_color(processor.image_mean)
+    ours = processor(images=[expand_to_square(loaded, colour)], return_tensors="pt")["pixel_values"]
+    plain = processor(images=[expand_to_square(Image.fromarray(pixels), colour)], return_tensors="pt")["pixel_values"]
+    assert np.array_equal(ours.numpy(), plain.numpy())

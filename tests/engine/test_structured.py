@@ -1,13 +1,17 @@
 """JSON-schema-constrained decoding: valid JSON or an explicit failure, never a crash, on a random model."""
 
 import io
+import json
+import subprocess
+import sys
 
 import jsonschema
 import pytest
+import referencing.exceptions
 from PIL import Image
 
 from engine.backend import GenerationRequest
-from engine.structured import GrammarCache, SchemaError, check_schema, parse_and_validate
+from engine.structured import MAX_SCHEMA_DEPTH, GrammarCache, SchemaError, check_schema, parse_and_validate, validator
 
 ITEM = {"type": "object", "properties": {"label": {"type": "string", "maxLength": 12}}, "required": ["label"]}
 
@@ -137,7 +141,7 @@ def test_a_schema_xgrammar_cannot_compile_is_a_per_item_error(tiny_backend):
 
 
 def test_schemas_compile_once_and_are_cached(tiny_backend):
-    cache = GrammarCache(tiny_backend.tokenizer, tiny_backend.vocab_size, max_entries=2)
+    cache = GrammarCache(tiny_backend.tokenizer, tiny_backend.grammars.vocab_size, max_entries=2)
     calls = []
     original = cache.compiler.compile_grammar
     cache.compiler = type("Counting", (), {"compile_grammar": lambda self, *a, **k: calls.append(a) or original(*a, **k)})()
@@ -152,7 +156,7 @@ def test_schemas_compile_once_and_are_cached(tiny_backend):
         cache.compile({"type": "strin"})
     with pytest.raises(SchemaError):
         cache.compile({"type": "strin"})
-    assert len(calls) == 4  # invalid schemas fail before compiling, and the failure is cached too
+    assert len(calls) == 4  # invalid schemas fail before compiling
 
 
 @pytest.mark.parametrize("density", [0.001, 0.02, 0.5, 0.97], ids=["very-sparse", "sparse", "half", "dense"])
@@ -187,3 +191,91 @@ def test_a_leading_space_is_allowed_because_vicuna_answers_start_with_one(tiny_b
         assert matcher.accept_token(token)
     assert matcher.accept_token(tokenizer.eos_token_id) and matcher.is_terminated()
     assert parse_and_validate(" true".strip(), {"type": "boolean"}) == (True, None)
+
+
+ELSEWHERE = "http://127.0.0.1:9"  # nothing listens there; nothing may even try
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$ref": f"{ELSEWHERE}/a.json"},
+        {"type": "object", "properties": {"a": {"$ref": f"{ELSEWHERE}/a.json"}}},
+        {"$defs": {"a": {"$ref": f"{ELSEWHERE}/a.json"}}, "$ref": "#/$defs/a"},
+        {"items": {"anyOf": [{"type": "null"}, {"$dynamicRef": f"{ELSEWHERE}/a.json"}]}},
+        {"$id": f"{ELSEWHERE}/root.json", "$ref": "a.json"},
+        {"$ref": "file:///etc/hostname"},
+    ],
+    ids=["root", "property", "defs", "dynamic-ref", "relative-to-id", "file"],
+)
+def test_references_outside_the_schema_are_refused_everywhere(tiny_backend, schema):
+    with pytest.raises(SchemaError, match="points outside the schema"):
+        check_schema(schema)
+    with pytest.raises(SchemaError, match="points outside the schema"):
+        validator(schema)
+    with pytest.raises(SchemaError, match="points outside the schema"):
+        tiny_backend.grammars.compile(schema)
+    value, reason = parse_and_validate("1", schema)
+    assert value is None and "points outside the schema" in reason
+
+
+def test_the_validators_registry_retrieves_nothing_even_past_the_check(tmp_path):
+    secret = tmp_path / "schema.json"
+    secret.write_text(json.dumps({"type": "integer"}))
+    # evolve() swaps the schema but keeps the resolver: a reference the up-front check never saw.
+    # jsonschema's default registry would read the file and answer True; ours cannot resolve it.
+    unchecked = validator({"type": "object"}).evolve(schema={"$ref": secret.as_uri()})
+    with pytest.raises(referencing.exceptions.Unresolvable):
+        unchecked.is_valid(1)
+
+
+def test_local_references_and_a_property_named_ref_are_fine():
+    schema = {
+        "$defs": {"colour": {"enum": ["red", "blue"]}},
+        "type": "object",
+        "properties": {"$ref": {"type": "string"}, "fg": {"$ref": "#/$defs/colour"}},
+    }
+    assert validator(schema).is_valid({"$ref": "x", "fg": "red"})
+    assert parse_and_validate('{"fg": "green"}', schema)[1].startswith("output does not match the schema at fg")
+
+
+def nested(depth: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(depth - 1):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+def test_schemas_deeper_than_the_limit_are_refused_before_anything_recurses(tiny_backend):
+    validator(nested(MAX_SCHEMA_DEPTH))
+    for depth in (MAX_SCHEMA_DEPTH + 1, 505, 5000):
+        with pytest.raises(SchemaError, match=f"nests deeper than {MAX_SCHEMA_DEPTH} levels"):
+            check_schema(nested(depth))
+        with pytest.raises(SchemaError, match=f"nests deeper than {MAX_SCHEMA_DEPTH} levels"):
+            tiny_backend.grammars.compile(nested(depth))
+
+
+@pytest.mark.parametrize(
+    "text, schema, reason",
+    [
+        ("[" * 5000 + "]" * 5000, {"type": "array"}, "nests too deeply to parse"),
+        ("[[[[1]]]]", {"allOf": [{"$ref": "#"}]}, "nests too deeply"),
+        ("1", {"$ref": "#/$defs/missing"}, "reference to '/$defs/missing' does not resolve within the schema"),
+    ],
+    ids=["deep-output", "self-referencing-schema", "missing-local-ref"],
+)
+def test_validation_that_cannot_finish_is_a_reason_not_a_crash(text, schema, reason):
+    value, why = parse_and_validate(text, schema)
+    assert value is None and reason in why
+
+
+def test_xgrammar_messages_name_no_source_files(tiny_backend):
+    with pytest.raises(SchemaError) as raised:
+        tiny_backend.grammars.compile({"$ref": "#"})
+    assert "Circular $ref" in str(raised.value) and ".cc:" not in str(raised.value)
+
+
+def test_validation_does_not_load_the_inference_stack():
+    # The review console validates edits against job schemas; it must not import torch to do so.
+    code = "import sys, engine.structured as s; s.validator({'type': 'object'}); print('torch' in sys.modules, 'xgrammar' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False", "False"]

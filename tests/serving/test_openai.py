@@ -88,15 +88,18 @@ def test_json_object_mode_and_sampling(client, png, b64):
         (dict(messages="with-system"), openai.BadRequestError, "exactly one user message"),
         (dict(messages="bad-data-url"), openai.BadRequestError, "not valid base64"),
         (dict(messages="not-an-image"), openai.BadRequestError, "not an image"),
+        (dict(messages="corrupt-image"), openai.BadRequestError, "corrupt or truncated image"),
         (dict(messages="ftp-url"), openai.BadRequestError, "data: URL or an http(s) URL"),
         (dict(messages="internal-url"), openai.BadRequestError, "could not fetch the image"),
         (dict(n=2), openai.BadRequestError, "n must be 1"),
         (dict(max_tokens=0), openai.BadRequestError, "max_tokens"),
         (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}),
          openai.BadRequestError, "schema"),
+        (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "file:///etc/hostname"}}}),
+         openai.BadRequestError, "'file:///etc/hostname' points outside the schema"),
     ],
-    ids=["unknown-model", "no-image", "two-images", "system-message", "bad-data-url", "not-an-image", "ftp-url",
-         "internal-url", "n-2", "zero-max-tokens", "invalid-schema"],
+    ids=["unknown-model", "no-image", "two-images", "system-message", "bad-data-url", "not-an-image", "corrupt-image", "ftp-url",
+         "internal-url", "n-2", "zero-max-tokens", "invalid-schema", "file-ref"],
 )
 def test_bad_requests_are_4xx_openai_errors(client, png, b64, kwargs, error, fragment):
     image = data_url(png(), b64)
@@ -107,6 +110,7 @@ def test_bad_requests_are_4xx_openai_errors(client, png, b64, kwargs, error, fra
         "with-system": [{"role": "system", "content": "Be terse."}, *user("Hi", image)],
         "bad-data-url": user("Hi", "data:image/png;base64,@@@"),
         "not-an-image": user("Hi", data_url(b"plain text", b64)),
+        "corrupt-image": user("Hi", data_url(png()[:60], b64)),  # a sound header: only the engine's decode finds it
         "ftp-url": user("Hi", "ftp://example.com/a.png"),
         "internal-url": user("Hi", "http://127.0.0.1:9/a.png"),
     }

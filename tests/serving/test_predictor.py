@@ -99,9 +99,12 @@ def predict(url: str, body, **kwargs) -> httpx.Response:
         (lambda png, b64: {"instances": [{"image": {"b64": b64(png("red", (1100, 1000)))}}]}, 400, "pixel limit"),
         (lambda png, b64: {"instances": [{"image": {"b64": b64(png())}, "task": "vqa"}]}, 400, "needs a question"),
         (lambda png, b64: {"instances": [{"image": {"b64": b64(png())}, "task": "json", "schema": {"type": 12}}]}, 400, "invalid JSON schema"),
+        (lambda png, b64: {"instances": [{"image": {"b64": b64(png())}, "task": "json", "schema": {"$ref": "http://127.0.0.1:9/s.json"}}]},
+         400, "'http://127.0.0.1:9/s.json' points outside the schema"),
     ],
     ids=["empty", "no-instances", "not-an-object", "bare-image-string", "zero-tokens", "unknown-task", "unknown-field",
-         "too-many-items", "bad-base64", "not-an-image", "too-many-pixels", "vqa-without-question", "invalid-schema"],
+         "too-many-items", "bad-base64", "not-an-image", "too-many-pixels", "vqa-without-question", "invalid-schema",
+         "remote-ref"],
 )
 def test_bad_v1_requests_get_4xx_with_a_message(predictor, png, b64, make_body, status, fragment):
     response = predict(predictor.url, make_body(png, b64))

@@ -55,6 +55,6 @@ with write:
     if st.button("Write file", key="export.write"):
         target = (data_dir / wanted).resolve()  # `..` and symlinks resolved before the check
         if not target.is_relative_to(data_dir):
-            st.error(f"refused: {wanted} resolves to {target}, outside the data folder {data_dir}")
+            st.error(f"refused: {wanted} leads outside the data folder {data_dir}")
         elif (count := export_to(target)) is not None:
             st.success(f"{count:,} records written to {target}")

@@ -94,6 +94,11 @@ imagePullSecrets:
 {{- end -}}
 
 {{/* The predictor's in-cluster URL (the KServe predictor Service, which also carries a canary split). */}}
+{{/* The predictor's API key, for the predictor itself and for the workers that call it. */}}
+{{- define "llava-labeler.predictorApiKeyEnv" -}}
+{{ include "llava-labeler.secretEnv" (dict "name" "LLAVA_LABELER_SERVING__API_KEY" "secret" (.Values.predictor.apiKey.existingSecret | default (include "llava-labeler.secretName" .)) "key" .Values.predictor.apiKey.key) }}
+{{- end -}}
+
 {{- define "llava-labeler.engineUrl" -}}
 {{- if .Values.workers.engineUrl -}}
 {{- .Values.workers.engineUrl -}}
