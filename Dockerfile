@@ -30,6 +30,7 @@ COPY engine /src/engine
 COPY labeler /src/labeler
 COPY training /src/training
 COPY ui /src/ui
+COPY entrypoints /src/entrypoints
 RUN pip install --no-deps /src \
     && python -c "import engine, labeler, training, ui" \
     && llava-labeler --help > /dev/null
@@ -122,6 +123,7 @@ COPY engine /src/engine
 COPY labeler /src/labeler
 COPY training /src/training
 COPY ui /src/ui
+COPY entrypoints /src/entrypoints
 RUN python3 -m pip install --no-deps /src \
     && python3 -c "from importlib.metadata import version; v = version('tensorrt_llm'); assert v.startswith('1.2.'), v" \
     && python3 -c "import engine.predictor, engine.backends.trtllm, engine.trtllm_build" \

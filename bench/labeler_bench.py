@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 
 from bench.engine_bench import sample_images
 from engine.backend import Backend, GenerationRequest
-from engine.settings import Settings, get_settings
+from entrypoints.settings import Settings, get_settings
 from labeler.jobs import JobSpec
 from labeler.models import Prediction
 from labeler.service import Labeler

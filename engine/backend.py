@@ -115,20 +115,18 @@ class Backend(Protocol):
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
 
 
-def load_backend(model: str | None = None, *, url: str | None = None, **kwargs: Any) -> Backend:
-    """The backend the settings ask for: the remote predictor when a URL is given (`url`, else the
-    settings' engine.url), otherwise the in-process backend for `model` (default: engine.model).
+@runtime_checkable
+class ServableBackend(Backend, Protocol):
+    """A backend the predictor can serve: it also checks requests up front and sizes prompts and tokens."""
 
-    Switching a worker to a predictor is one setting (LLAVA_LABELER_ENGINE__URL); callers never change.
-    """
-    from engine.settings import get_settings
+    image_tokens: int  # LLM positions one image takes (576 for LLaVA-1.5 at 336 px, patch 14)
 
-    settings = get_settings()
-    url = url or settings.engine.url
-    if url:
-        from engine.backends.remote import RemoteBackend
+    def check(self, request: GenerationRequest) -> None:
+        """Raise `ValueError` (a `SchemaError` for a schema) when `request` cannot run."""
+        ...
 
-        return RemoteBackend(url, settings=settings.serving, image_limits=settings.images)
-    from engine.backends.hf import HFBackend
+    def prompt_tokens(self, prompt: str) -> int:
+        """The prompt's length in LLM positions, the image's features included."""
+        ...
 
-    return HFBackend.load(model or settings.engine.model, **kwargs)
+    def token_text(self, token_id: int) -> str: ...

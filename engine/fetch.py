@@ -80,6 +80,16 @@ def address_refusal(ip: IPAddress) -> str | None:
     return None if ip.is_global else "a non-public address"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps a server to this machine (a hostname may resolve anywhere: no)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -99,19 +109,28 @@ def _check(url: str, policy: FetchPolicy) -> tuple[httpx.URL, str]:
         raise FetchRefused(f"refused {url!r}: not a valid URL ({exc}); only http and https URLs are fetched") from None
     if parsed.scheme not in SCHEMES or not parsed.host:
         raise FetchRefused(f"refused {url}: only http and https URLs with a host are fetched")
-    addresses = _resolve(parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80))
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return parsed, check_host(parsed.host, port, policy, url)
+
+
+def check_host(host: str, port: int, policy: FetchPolicy, what: str) -> str:
+    """The address to connect to for `host`, or `FetchRefused` naming `what` when any address is internal.
+
+    Public so that every connection the product makes (object-store endpoints too) passes the same check.
+    """
+    addresses = _resolve(host, port)
     if not policy.allow_private:
         for address in addresses:
             refusal = address_refusal(ipaddress.ip_address(address))
             if refusal:
-                raise FetchRefused(f"refused {url}: {parsed.host} resolves to {address}, {refusal} ({ALLOW_HINT})")
-    return parsed, addresses[0]
+                raise FetchRefused(f"refused {what}: {host} resolves to {address}, {refusal} ({ALLOW_HINT})")
+    return addresses[0]
 
 
 @contextmanager
 def open_url(
     url: str,
-    policy: FetchPolicy | None = None,
+    policy: FetchPolicy,
     *,
     max_bytes: int | None = None,
     verify: ssl.SSLContext | bool = True,
@@ -121,10 +140,6 @@ def open_url(
     `max_bytes` replaces the policy's byte limit for this call (a manifest may be larger
     than an image); the time limit covers the whole fetch, redirects included.
     """
-    if policy is None:
-        from engine.settings import get_settings
-
-        policy = get_settings().fetch
     limit = max_bytes if max_bytes is not None else policy.max_bytes
     deadline = time.monotonic() + policy.timeout_s
     timed_out = f"timed out after {policy.timeout_s:g} s fetching {url}"
@@ -177,7 +192,7 @@ def _limited(response: httpx.Response, url: str, limit: int, deadline: float, ti
         raise FetchError(f"cannot fetch {url}: {exc or type(exc).__name__}") from None
 
 
-def fetch_bytes(url: str, policy: FetchPolicy | None = None, *, max_bytes: int | None = None) -> bytes:
+def fetch_bytes(url: str, policy: FetchPolicy, *, max_bytes: int | None = None) -> bytes:
     """The whole body of `url` (see `open_url` for the rules)."""
     with open_url(url, policy, max_bytes=max_bytes) as chunks:
         return b"".join(chunks)

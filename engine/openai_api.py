@@ -18,19 +18,29 @@ import base64
 import binascii
 import time
 import uuid
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.backend import GenerationResult
+from engine.backend import GenerationResult, ServableBackend
 from engine.batcher import Overloaded, RequestTimeout
 from engine.prompts import IMAGE_TOKEN
+from engine.request_errors import ItemErrors, TooManyPixels
+from engine.settings import FetchPolicy
 from engine.wire import Options, error_text
 
-if TYPE_CHECKING:
-    from engine.predictor import LlavaModel
+
+class ChatModel(Protocol):
+    """What the routes need of the served model (the predictor's `LlavaModel` is one)."""
+
+    name: str
+    backend: ServableBackend
+    fetch_policy: FetchPolicy
+
+    async def run(self, items: Sequence[tuple[Options, bytes | str]], *, what: str = ...) -> list[GenerationResult]: ...
 
 
 class TextPart(BaseModel):
@@ -138,7 +148,7 @@ def _question_and_image(messages: list[Message]) -> tuple[str, str]:
     return text, images[0]
 
 
-async def _image_bytes(url: str, model: "LlavaModel") -> bytes:
+async def _image_bytes(url: str, model: ChatModel) -> bytes:
     if url.startswith("data:"):
         header, comma, data = url.partition(",")
         if not comma or not header.endswith(";base64"):
@@ -152,7 +162,7 @@ async def _image_bytes(url: str, model: "LlavaModel") -> bytes:
     raise OpenAIError(400, "image_url must be a data: URL or an http(s) URL", param="messages")
 
 
-def _fetch(url: str, model: "LlavaModel") -> bytes:
+def _fetch(url: str, model: ChatModel) -> bytes:
     from engine.fetch import FetchError, fetch_bytes
 
     try:
@@ -182,29 +192,24 @@ def _options(chat: ChatCompletionRequest, text: str) -> Options:
         raise OpenAIError(400, error_text(exc)) from None
 
 
-def _logprobs(result: GenerationResult, tokenizer) -> dict[str, list[dict[str, Any]]]:
+def _logprobs(result: GenerationResult, backend: ServableBackend) -> dict[str, list[dict[str, Any]]]:
     pairs = list(zip(result.token_ids, result.token_logprobs))
     if result.finish_reason == "stop":
         pairs = pairs[:-1]  # the end-of-sequence token is not part of the content
     content = []
     for token_id, logprob in pairs:
-        token = tokenizer.decode([token_id])
+        token = backend.token_text(token_id)
         content.append({"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []})
     return {"content": content}
 
 
-def prompt_tokens(model: "LlavaModel", prompt: str) -> int:
-    """Prompt length in LLM positions: the text tokens with the image token expanded to the image's features."""
-    ids = model.backend.tokenizer(prompt, add_special_tokens=True).input_ids
-    images = ids.count(model.backend.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
-    return len(ids) - images + images * model.image_tokens
-
-
-def _completion(model: "LlavaModel", chat: ChatCompletionRequest, options: Options, result: GenerationResult) -> dict:
+def _completion(model: ChatModel, chat: ChatCompletionRequest, options: Options, result: GenerationResult) -> dict:
+    if result.finish_reason == "error":  # the engine refused the input itself (e.g. an image corrupt past its header)
+        raise OpenAIError(400, result.error or "the engine could not use this request")
     if result.error and result.finish_reason != "length":
         raise OpenAIError(422, f"the model's answer does not satisfy the request: {result.error}", code="generation_failed")
     prompt = options.to_request(b"").prompt
-    used = prompt_tokens(model, prompt)
+    used = model.backend.prompt_tokens(prompt)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -215,7 +220,7 @@ def _completion(model: "LlavaModel", chat: ChatCompletionRequest, options: Optio
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": result.text},
-                "logprobs": _logprobs(result, model.backend.tokenizer) if chat.logprobs else None,
+                "logprobs": _logprobs(result, model.backend) if chat.logprobs else None,
                 "finish_reason": result.finish_reason,
             }
         ],
@@ -223,10 +228,8 @@ def _completion(model: "LlavaModel", chat: ChatCompletionRequest, options: Optio
     }
 
 
-def openai_router(model: "LlavaModel") -> APIRouter:
+def openai_router(model: ChatModel) -> APIRouter:
     """The routes, bound to the one served model."""
-    from engine.predictor import ItemErrors
-
     router = APIRouter(prefix="/openai/v1", tags=["OpenAI"])
 
     @router.get("/models")
@@ -251,6 +254,8 @@ def openai_router(model: "LlavaModel") -> APIRouter:
                 [result] = await model.run([(options, image)], what="message")
             except ItemErrors as exc:
                 raise OpenAIError(400, exc.problems[0][1]) from None
+            except TooManyPixels as exc:
+                raise OpenAIError(413, str(exc), code="too_many_pixels") from None
             except Overloaded as exc:
                 raise OpenAIError(503, str(exc), kind="server_error", code="overloaded") from None
             except RequestTimeout as exc:

@@ -2,37 +2,49 @@
 
 `LlavaModel` is a `kserve.Model`: KServe's data plane hands it v1 bodies
 (`{"instances": [...]}`, see `engine.wire`) and v2 `InferRequest`s; it checks every item
-(image decodes within the pixel limit, schema compiles, prompt renders) before queueing,
-so bad input is a 400 that names the item, then feeds the dynamic batcher, which gives
-the backend whole batches. `serve` assembles KServe's REST server ourselves rather than
-through `kserve.ModelServer`, because ModelServer binds 0.0.0.0 unconditionally and the
-bind address must be configurable (tests and laptops bind 127.0.0.1 only); on top of
-KServe's routes go the OpenAI-compatible routes (`engine.openai_api`), a request-size
-guard, request metrics, and error mappings (overload 503, timeout 504).
+(image header within the pixel limit, schema self-contained and compiling, prompt
+renders) before queueing, so bad input is a 400 that names the item, and the request's
+images together within the pixel budget (413), all without decoding a pixel; then it
+feeds the dynamic batcher, which gives the backend whole batches, and the backend
+decodes each image once, one at a time, reduced as it is decoded. `serve` assembles
+KServe's REST server ourselves rather than through `kserve.ModelServer`, because
+ModelServer binds 0.0.0.0 unconditionally and the bind address must be configurable
+(tests and laptops bind 127.0.0.1 only); on top of KServe's routes go the
+OpenAI-compatible routes (`engine.openai_api`), a body-size guard on every route, request
+metrics, a check of v2 binary bodies, and error mappings (overload 503, timeout 504):
+client errors are answered with their reason and logged in one line, server errors
+logged with their traceback and answered without internals.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import logging
 import re
 import socket
+import struct
 import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from fastapi import FastAPI
+import orjson
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from engine.backend import Backend, GenerationRequest, GenerationResult, TransientEngineError
+from engine.backend import GenerationRequest, GenerationResult, ServableBackend, TransientEngineError
 from engine.batcher import Batcher, Overloaded, RequestTimeout
-from engine.images import ImageError, load_image
+from engine.fetch import is_loopback
+from engine.images import ImageError, image_size
 from engine.metrics import LATENCY, REQUESTS
+from engine.openai_api import openai_router
 from engine.settings import FetchPolicy, ImageLimits, ServingSettings
-from engine.structured import GrammarCache, SchemaError
+from engine.request_errors import ItemErrors, TooManyPixels
+from engine.structured import SchemaError
 from engine.wire import ImageData, Options, WireError, parse_instances, parse_options
 
 # kserve.model_server parses the process's command line when it is imported; the
@@ -41,8 +53,9 @@ _argv, sys.argv = sys.argv, sys.argv[:1]
 try:
     import kserve
     import kserve.model_server as kserve_server
-    from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-    from kserve.errors import InvalidInput
+    from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING, INFERENCE_CONTENT_LENGTH_HEADER
+    from kserve.errors import InvalidInput, ModelNotFound
+    from kserve.logging import logger
     from kserve.model_repository import ModelRepository
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
@@ -50,23 +63,6 @@ try:
     from kserve.protocol.rest.server import RESTServer
 finally:
     sys.argv = _argv
-
-
-class ServableBackend(Backend, Protocol):
-    """A backend the predictor can serve: it also exposes its tokenizer and grammar cache."""
-
-    tokenizer: Any
-    grammars: GrammarCache
-
-
-class ItemErrors(InvalidInput):
-    """Some items of a request are unusable (not an image, bad schema, ...): 400, one message per item."""
-
-    def __init__(self, problems: Sequence[tuple[int, str]], what: str = "instance"):
-        self.problems = list(problems)
-        summary = "; ".join(f"{what} {index}: {message}" for index, message in self.problems[:3])
-        more = len(self.problems) - 3
-        super().__init__(summary + (f"; and {more} more" if more > 0 else ""))
 
 
 @dataclass
@@ -77,15 +73,6 @@ class Parsed:
     v2_id: str | None = None
     is_v2: bool = False
     results: list[GenerationResult] = field(default_factory=list)
-
-
-def image_tokens(backend: Any) -> int:
-    """How many LLM positions one image takes (576 for LLaVA-1.5 at 336 px, patch 14)."""
-    explicit = getattr(backend, "image_tokens", None)
-    if explicit:
-        return int(explicit)
-    processor = backend.loaded.processor
-    return (processor.image_processor.crop_size["height"] // processor.patch_size) ** 2
 
 
 class LlavaModel(kserve.Model):
@@ -105,7 +92,6 @@ class LlavaModel(kserve.Model):
         self.settings = settings
         self.image_limits = image_limits
         self.fetch_policy = fetch_policy or FetchPolicy()
-        self.image_tokens = image_tokens(backend)
         self.batcher = Batcher(
             backend.generate,
             max_batch_size=settings.max_batch_size,
@@ -124,17 +110,27 @@ class LlavaModel(kserve.Model):
             raise Overloaded(f"the engine failed this batch, retry: {exc}") from None
 
     def _requests(self, items: Sequence[tuple[Options, bytes | str]]) -> tuple[list[GenerationRequest], list[tuple[int, str]]]:
-        requests, problems = [], []
+        """The engine requests and the unusable items' problems, from image headers only (nothing decoded here).
+
+        Raises `TooManyPixels` when the images together are over the per-request budget.
+        """
+        requests, problems, pixels = [], [], 0
         for index, (options, image) in enumerate(items):
             try:
                 data = image if isinstance(image, bytes) else _b64(image)
-                load_image(data, self.image_limits)
+                width, height = image_size(data, self.image_limits)
+                pixels += width * height
                 request = options.to_request(data)
-                if request.schema is not None:
-                    self.backend.grammars.compile(request.schema)
+                self.backend.check(request)
                 requests.append(request)
             except (WireError, ImageError, SchemaError, ValueError) as exc:
                 problems.append((index, str(exc)))
+        budget = self.image_limits.max_request_pixels
+        if pixels > budget:
+            raise TooManyPixels(
+                f"the request's images hold {pixels:,} pixels together, over the {budget:,}-pixel limit per request "
+                "(LLAVA_LABELER_IMAGES__MAX_REQUEST_PIXELS); send fewer or smaller images per request"
+            )
         return requests, problems
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Parsed:
@@ -220,6 +216,57 @@ class _FixedRepository(ModelRepositoryExtension):
         raise NotImplementedError("unloading models at run time is disabled")
 
 
+class _CheckedDataPlane(DataPlane):
+    """KServe's data plane, with v2 binary bodies checked against their own header first.
+
+    KServe slices the binary part by the declared sizes as they come: a header length or
+    `binary_data_size` that does not match the body was a 500 (or a silently truncated
+    tensor); here it is a 400 that says which.
+    """
+
+    def decode_inference_request(self, body: Any, headers: dict, model_name: str) -> InferRequest:
+        if isinstance(body, bytes):
+            _check_binary_layout(body, headers.get(INFERENCE_CONTENT_LENGTH_HEADER))
+        try:
+            return super().decode_inference_request(body, headers, model_name)
+        except InvalidInput:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error) as exc:
+            raise InvalidInput(f"the v2 request's tensors do not decode: {exc}") from None
+
+
+def _check_binary_layout(body: bytes, declared: str | None) -> None:
+    """Raise `InvalidInput` unless the JSON header length and the inputs' `binary_data_size`s add up to `body`."""
+    if declared is None:
+        return  # KServe answers the missing header itself
+    if not declared.isdigit() or not 0 < int(declared) <= len(body):
+        raise InvalidInput(
+            f"{INFERENCE_CONTENT_LENGTH_HEADER} is {declared[:20]!r}: it must be the JSON header's length in bytes, "
+            f"between 1 and the body's {len(body):,}"
+        )
+    length = int(declared)
+    try:
+        header = orjson.loads(body[:length])
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the first {length:,} bytes ({INFERENCE_CONTENT_LENGTH_HEADER}) are not a JSON header: {exc}") from None
+    inputs = header.get("inputs") if isinstance(header, dict) else None
+    if not isinstance(inputs, list) or not all(isinstance(item, dict) for item in inputs):
+        raise InvalidInput('the JSON header needs "inputs": a list of objects')
+    sizes = [_binary_size(item) for item in inputs if item.get("data") is None]
+    if not all(isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in sizes):
+        raise InvalidInput("every input without \"data\" needs parameters.binary_data_size, a byte count >= 0")
+    if sum(sizes) != len(body) - length:
+        raise InvalidInput(
+            f"the inputs' binary_data_size add up to {sum(sizes):,} bytes, but {len(body) - length:,} bytes "
+            "follow the JSON header"
+        )
+
+
+def _binary_size(item: dict) -> Any:
+    parameters = item.get("parameters")
+    return parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+
+
 _ROUTES = (
     ("v1", re.compile(r"^/v1/models/[^/]+:predict$")),
     ("v2", re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")),
@@ -227,50 +274,108 @@ _ROUTES = (
 )
 
 
+# What probes and Prometheus read, open even with an API key (they carry no data of anyone's).
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+
+
 class _BodyTooLarge(Exception):
     pass
 
 
 class InferenceGuard:
-    """ASGI middleware on the inference routes: refuse oversized bodies (413) and record request metrics."""
+    """ASGI middleware: with an API key, every request but the health probes and metrics must carry it
+    (401); every HTTP request's body is capped (413) before any route sees it; the inference routes'
+    requests are counted and timed."""
 
-    def __init__(self, app: Callable, max_body: int) -> None:
+    def __init__(self, app: Callable, max_body: int, api_key: str | None = None) -> None:
         self.app = app
         self.max_body = max_body
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        route = next((name for name, pattern in _ROUTES if pattern.match(scope.get("path", ""))), None)
-        if scope["type"] != "http" or route is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start, state = time.perf_counter(), {"code": 500, "started": False}
-        received = 0
-
-        async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body:
-                raise _BodyTooLarge
-            return message
+        route = next((name for name, pattern in _ROUTES if pattern.match(scope.get("path", ""))), None)
+        start, state = time.perf_counter(), {"code": 500}
 
         async def tracking_send(message: dict) -> None:
             if message["type"] == "http.response.start":
-                state["code"], state["started"] = message["status"], True
+                state["code"] = message["status"]
             await send(message)
 
         try:
-            declared = dict(scope.get("headers") or []).get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-                raise _BodyTooLarge
-            await self.app(scope, limited_receive, tracking_send)
+            if not self._authorized(scope):
+                unauthorized = JSONResponse(
+                    {"error": "missing or wrong API key: send `Authorization: Bearer <LLAVA_LABELER_SERVING__API_KEY>`"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await unauthorized(scope, receive, tracking_send)
+                return
+            replay = await self._read_body(scope, receive)
         except _BodyTooLarge:
-            if not state["started"]:
-                message = f"request body over the {self.max_body:,}-byte limit (LLAVA_LABELER_SERVING__MAX_REQUEST_BYTES)"
-                await JSONResponse({"error": message}, status_code=413)(scope, receive, tracking_send)
+            message = f"request body over the {self.max_body:,}-byte limit (LLAVA_LABELER_SERVING__MAX_REQUEST_BYTES)"
+            await JSONResponse({"error": message}, status_code=413)(scope, receive, tracking_send)
+        else:
+            await self.app(scope, replay, tracking_send)
         finally:
-            REQUESTS.labels(route, str(state["code"])).inc()
-            LATENCY.labels(route).observe(time.perf_counter() - start)
+            if route is not None:
+                REQUESTS.labels(route, str(state["code"])).inc()
+                LATENCY.labels(route).observe(time.perf_counter() - start)
+
+    def _authorized(self, scope: dict) -> bool:
+        if self.expected is None or scope.get("path", "") in OPEN_PATHS:
+            return True
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        return hmac.compare_digest(given, self.expected)
+
+    async def _read_body(self, scope: dict, receive: Callable) -> Callable:
+        """Read the whole body, refusing it past the limit (declared or counted); a `receive` that replays it.
+
+        Reading it here, not as the route reads, is what makes the limit hold on every route:
+        a route that catches exceptions while reading could otherwise answer something else.
+        """
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise _BodyTooLarge
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_body:
+                raise _BodyTooLarge
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        return replay
+
+
+def _client_error(status: int) -> Callable:
+    """An exception handler answering `status` with the exception's message, logged in one line without a traceback."""
+
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        _log_client_error(request, status, exc)
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    return handler
+
+
+def _log_client_error(request: Request, status: int, exc: Exception) -> None:
+    level = logging.WARNING if status >= 500 else logging.INFO
+    logger.log(level, "%s %s -> %d %s: %r", request.method, request.url.path, status, type(exc).__name__, str(exc)[:500])
+
+
+async def _item_errors(request: Request, exc: ItemErrors) -> JSONResponse:
+    _log_client_error(request, 400, exc)
+    errors = [{"index": index, "error": message} for index, message in exc.problems]
+    return JSONResponse({"error": str(exc), "errors": errors}, status_code=400)
 
 
 async def _overloaded(_request, exc: Exception) -> JSONResponse:
@@ -281,30 +386,48 @@ async def _timeout(_request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=504)
 
 
-async def _item_errors(_request, exc: ItemErrors) -> JSONResponse:
-    errors = [{"index": index, "error": message} for index, message in exc.problems]
-    return JSONResponse({"error": str(exc), "errors": errors}, status_code=400)
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A real server error: logged with its traceback; the answer names no internals (paths, types, values)."""
+    logger.error("%s %s -> 500", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal server error; the predictor's log has the details"}, status_code=500)
+
+
+_HANDLERS: dict[type[Exception], Callable] = {
+    InvalidInput: _client_error(400),
+    TooManyPixels: _client_error(413),
+    ModelNotFound: _client_error(404),
+    NotImplementedError: _client_error(501),  # a route or verb this predictor does not offer: the client's mistake
+    ItemErrors: _item_errors,
+    Overloaded: _overloaded,
+    RequestTimeout: _timeout,
+    Exception: _internal_error,
+}
+
+
+class _Server(RESTServer):
+    """KServe's REST server with our error handlers over its own (which log every 4xx as an ERROR with a traceback)."""
+
+    def create_application(self) -> None:
+        super().create_application()
+        for exception, handler in _HANDLERS.items():
+            kserve_server.app.add_exception_handler(exception, handler)
 
 
 def build_server(model: LlavaModel, settings: ServingSettings) -> RESTServer:
     """KServe's REST server with our model, our routes, the guard and the error mappings."""
-    from engine.openai_api import openai_router
-
     repository = ModelRepository()
     repository.update(model)
-    server = RESTServer(
+    server = _Server(
         FASTAPI_APP_IMPORT_STRING,
-        DataPlane(model_registry=repository),
+        _CheckedDataPlane(model_registry=repository),
         _FixedRepository(model_registry=repository),
         http_port=settings.port,
         workers=1,
     )
     app: FastAPI = kserve_server.app
     app.include_router(openai_router(model))
-    app.add_middleware(InferenceGuard, max_body=settings.max_request_bytes)
-    app.add_exception_handler(ItemErrors, _item_errors)
-    app.add_exception_handler(Overloaded, _overloaded)
-    app.add_exception_handler(RequestTimeout, _timeout)
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(InferenceGuard, max_body=settings.max_request_bytes, api_key=api_key)
     return server
 
 
@@ -312,6 +435,19 @@ def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (port 0: any free port), so the real port is known before serving."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.create_server((host, port), family=family, backlog=2048)
+
+
+class ExposureError(ValueError):
+    """The predictor would be reachable by others without an API key; the message says what to set."""
+
+
+def check_exposure(settings: ServingSettings) -> None:
+    """Refuse to bind anything but loopback without an API key (every server in a cluster has a key or a login)."""
+    if not is_loopback(settings.host) and not (settings.api_key and settings.api_key.get_secret_value()):
+        raise ExposureError(
+            f"refusing to serve on {settings.host} without an API key: set LLAVA_LABELER_SERVING__API_KEY "
+            "(the workers send the same), or bind 127.0.0.1"
+        )
 
 
 def serve(
@@ -323,6 +459,7 @@ def serve(
     announce: Callable[[str], None] = print,
 ) -> None:
     """Serve `backend` until SIGINT/SIGTERM; announces `serving NAME on http://HOST:PORT` once listening."""
+    check_exposure(settings)
     model = LlavaModel(
         settings.model_name, backend, settings=settings, image_limits=image_limits, fetch_policy=fetch_policy
     )

@@ -36,7 +36,7 @@ class PredictorProcess:
         log_path: Path | None = None,
     ) -> None:
         self.command = [
-            sys.executable, "-c", "from labeler.cli import main; main()",
+            sys.executable, "-m", "entrypoints",
             "serve", "--model", str(model), "--backend", backend, "--host", host, "--port", "0", *args,
         ]
         self.env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}

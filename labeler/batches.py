@@ -14,7 +14,9 @@ Exactly-once rests on the database, not on the queue:
    the job's counters by exactly the rows it finished. Rows cancelled or re-claimed in
    the meantime are not ours any more and are left alone.
 
-Per-item problems fail that item with the reason. `TransientEngineError` releases the
+Per-item problems fail that item at once with the reason: anything raised while its image
+is read or its request built, expected or not, is the item's alone. Only an engine-wide
+problem is transient: `TransientEngineError` from `generate` releases the
 items with a lease that expires after the backoff (`retry_backoff_s`, doubling per
 attempt), so `requeue_expired` sends them again then, through the same path as a dead
 worker's items, on any broker; after `max_retries` retries they fail. An item claimed
@@ -39,28 +41,13 @@ from sqlalchemy.orm import Session
 
 from engine.backend import Backend, GenerationRequest, GenerationResult, TransientEngineError
 from engine.prompts import prompt_hash
-from engine.settings import Settings
+from labeler.settings import LabelerConfig
 from labeler.db import Database, dialect_insert
-from labeler.models import (
-    CLAIMED,
-    COMPLETED,
-    DONE,
-    FAILED,
-    PAUSED,
-    PENDING,
-    QUEUED,
-    RUNNING,
-    SUBMITTING,
-    Item,
-    Job,
-    Prediction,
-    utcnow,
-)
+from labeler.models import RUNNABLE_JOB_STATES, Item, ItemState, Job, JobState, Prediction, utcnow
 from labeler.reading import ReadError, read_image_bytes
 from labeler.registry import serving_uri, version_for_uri
 
 log = logging.getLogger(__name__)
-RUNNABLE = (SUBMITTING, QUEUED, RUNNING)
 MAX_BACKOFF_S = 60.0
 ITEMS = Item.__table__
 
@@ -114,7 +101,7 @@ def generation_request(job: Job, question: str | None, image: bytes) -> Generati
 class BatchProcessor:
     """Processes batches for one worker process: one engine, one database, one model version."""
 
-    def __init__(self, db: Database, settings: Settings, backend: Callable[[], Backend]):
+    def __init__(self, db: Database, settings: LabelerConfig, backend: Callable[[], Backend]):
         self.db = db
         self.settings = settings
         self._backend = backend
@@ -131,7 +118,7 @@ class BatchProcessor:
             job = session.get(Job, job_id)
         if job is None:
             return BatchResult(skipped=f"job {job_id} does not exist")
-        if job.status not in RUNNABLE:
+        if job.status not in RUNNABLE_JOB_STATES:
             return BatchResult(skipped=f"job {job_id} is {job.status}")
         model_version_id = self.model_version_id()
         token = uuid.uuid4().hex
@@ -154,7 +141,7 @@ class BatchProcessor:
         def renew(session: Session) -> None:
             session.execute(
                 update(Item)
-                .where(Item.lease_owner == token, Item.status == CLAIMED)
+                .where(Item.lease_owner == token, Item.status == ItemState.CLAIMED)
                 .values(lease_expires_at=utcnow() + timedelta(seconds=timeout))
                 .execution_options(synchronize_session=False)
             )
@@ -176,16 +163,16 @@ class BatchProcessor:
 
     def _claim(self, session: Session, job_id: int, item_ids: list[int], token: str) -> list[_Work]:
         now = utcnow()
-        runnable_job = select(Job.id).where(Job.id == job_id, Job.status.in_(RUNNABLE)).scalar_subquery()
+        runnable_job = select(Job.id).where(Job.id == job_id, Job.status.in_(RUNNABLE_JOB_STATES)).scalar_subquery()
         claim = (
             update(Item)
             .where(
                 Item.id.in_(item_ids),
                 Item.job_id == runnable_job,
-                or_(Item.status == PENDING, and_(Item.status == CLAIMED, Item.lease_expires_at < now)),
+                or_(Item.status == ItemState.PENDING, and_(Item.status == ItemState.CLAIMED, Item.lease_expires_at < now)),
             )
             .values(
-                status=CLAIMED,
+                status=ItemState.CLAIMED,
                 lease_owner=token,
                 lease_expires_at=now + timedelta(seconds=self.settings.labeler.visibility_timeout_s),
                 attempts=Item.attempts + 1,
@@ -197,9 +184,9 @@ class BatchProcessor:
         if rows:  # the job is running from its first claim on (one statement, a write only the first time)
             session.execute(
                 update(Job)
-                .where(Job.id == job_id, or_(Job.status.in_((SUBMITTING, QUEUED)), Job.started_at.is_(None)))
+                .where(Job.id == job_id, or_(Job.status.in_((JobState.SUBMITTING, JobState.QUEUED)), Job.started_at.is_(None)))
                 .values(
-                    status=case((Job.status.in_((SUBMITTING, QUEUED)), RUNNING), else_=Job.status),
+                    status=case((Job.status.in_((JobState.SUBMITTING, JobState.QUEUED)), JobState.RUNNING), else_=Job.status),
                     started_at=func.coalesce(Job.started_at, now),
                 )
                 .execution_options(synchronize_session=False)
@@ -214,15 +201,11 @@ class BatchProcessor:
                 reason = work.last_error or "the worker processing it stopped (killed or crashed)"
                 outcome.failures[work.id] = f"gave up after {work.attempts - 1} attempts: {reason}"
                 continue
-            try:
-                image = read_image_bytes(work.uri, self.settings)
-                work.content_hash = hashlib.sha256(image).hexdigest()
-                work.request = generation_request(job, work.question, image)
-                _ = work.request.prompt  # a vqa item without a question fails here, alone
-            except (ReadError, ValueError) as exc:
-                outcome.failures[work.id] = str(exc)
-                continue
-            ready.append(work)
+            failure = self._prepare(job, work)
+            if failure is None:
+                ready.append(work)
+            else:
+                outcome.failures[work.id] = failure
         if not ready:
             return outcome
         started = time.perf_counter()
@@ -246,6 +229,25 @@ class BatchProcessor:
                 outcome.results[work.id] = (work, result)
         return outcome
 
+    def _prepare(self, job: Job, work: _Work) -> str | None:
+        """Read and hash the item's image and build its request; None, or the reason the item fails.
+
+        Whatever goes wrong here is this item's alone. An unexpected exception fails it now
+        with its own reason; were it to escape, the whole batch would sit out its lease and
+        every item fail later as if the worker had died.
+        """
+        try:
+            image = read_image_bytes(work.uri, self.settings)
+            work.content_hash = hashlib.sha256(image).hexdigest()
+            work.request = generation_request(job, work.question, image)
+            _ = work.request.prompt  # a vqa item without a question fails here, alone
+        except (ReadError, ValueError) as exc:
+            return str(exc)
+        except Exception as exc:
+            log.warning("item %s (%s) failed unexpectedly before generation", work.id, work.uri, exc_info=True)
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return None
+
     def _record(
         self, session: Session, job_id: int, token: str, outcome: _Outcome, model_version_id: int
     ) -> tuple[int, int, int]:
@@ -254,7 +256,7 @@ class BatchProcessor:
         owned = set(
             session.scalars(
                 select(Item.id)
-                .where(Item.id.in_(ids), Item.lease_owner == token, Item.status == CLAIMED)
+                .where(Item.id.in_(ids), Item.lease_owner == token, Item.status == ItemState.CLAIMED)
                 .order_by(Item.id)
                 .with_for_update()
             )
@@ -262,12 +264,12 @@ class BatchProcessor:
         now = utcnow()
         finished = {"lease_owner": None, "lease_expires_at": None, "finished_at": now}
         done_rows = [
-            {"id": i, "status": DONE, "error": None, "content_hash": work.content_hash, **finished}
+            {"id": i, "status": ItemState.DONE, "error": None, "content_hash": work.content_hash, **finished}
             for i, (work, _) in outcome.results.items()
             if i in owned
         ]
         failed_rows = [
-            {"id": i, "status": FAILED, "error": reason, **finished} for i, reason in outcome.failures.items() if i in owned
+            {"id": i, "status": ItemState.FAILED, "error": reason, **finished} for i, reason in outcome.failures.items() if i in owned
         ]
         released_rows = [  # still `running`, owned by nobody, until the backoff lease runs out
             {"id": i, "error": reason, "lease_owner": None, "lease_expires_at": now + timedelta(seconds=backoff)}
@@ -344,9 +346,9 @@ def finish_job_if_complete(session: Session, job_id: int) -> None:
         update(Job)
         .where(
             Job.id == job_id,
-            Job.status.in_((QUEUED, RUNNING, PAUSED)),
+            Job.status.in_((JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)),
             Job.done + Job.failed + Job.cancelled >= Job.total,
         )
-        .values(status=COMPLETED, finished_at=utcnow())
+        .values(status=JobState.COMPLETED, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )

@@ -16,7 +16,7 @@ from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import aliased
 
 from labeler.db import Database
-from labeler.models import Item, ModelVersion, Prediction, Review
+from labeler.models import Decision, Item, ItemState, ModelVersion, Prediction, Review
 from labeler.review import PredictionFilter
 
 
@@ -121,7 +121,7 @@ def failure_reasons(db: Database, job_id: int, *, limit: int = 20) -> list[Failu
     with db.read() as session:
         rows = session.execute(
             select(reason, func.count(), func.min(Item.uri))
-            .where(Item.job_id == job_id, Item.status == "failed")
+            .where(Item.job_id == job_id, Item.status == ItemState.FAILED)
             .group_by(reason)
             .order_by(func.count().desc(), reason)
             .limit(limit)
@@ -170,9 +170,9 @@ def review_rates(db: Database) -> list[ReviewRates]:
                 ModelVersion.name,
                 Prediction.job_id,
                 func.count(Prediction.id),
-                count("accept"),
-                count("edit"),
-                count("reject"),
+                count(Decision.ACCEPT),
+                count(Decision.EDIT),
+                count(Decision.REJECT),
             )
             .join(Prediction, Prediction.model_version_id == ModelVersion.id)
             .outerjoin(decided, decided.prediction_id == Prediction.id)

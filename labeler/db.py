@@ -189,10 +189,6 @@ def _open(url: str, pid: int) -> Database:
     return database
 
 
-def open_database(url: str | None = None) -> Database:
-    """The database at `url` (default: settings.database_url), schema upgraded; one per process."""
-    if url is None:
-        from engine.settings import get_settings
-
-        url = get_settings().database_url
+def open_database(url: str) -> Database:
+    """The database at `url`, schema upgraded; one per process."""
     return _open(url, os.getpid())

@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from engine.prompts import IMAGE_TOKEN, build_instruction
 from labeler.db import Database
-from labeler.models import DONE, Item, Job, ModelVersion, Prediction, Review
+from labeler.models import Decision, Item, ItemState, Job, ModelVersion, Prediction, Review
 
 PAGE = 1000
 FORMATS = ("jsonl", "coco", "llava", "label-studio")
@@ -60,9 +60,9 @@ class Row:
 
     def label(self) -> Any:
         if self.review is not None:
-            if self.review.decision == "reject":
+            if self.review.decision == Decision.REJECT:
                 return None
-            if self.review.decision == "edit":
+            if self.review.decision == Decision.EDIT:
                 return self.review.output
         return self.output()
 
@@ -79,7 +79,7 @@ def iter_rows(db: Database, job_id: int, *, done_only: bool = False) -> Iterator
         with db.read() as session:
             query = select(Item).where(Item.job_id == job_id, Item.id > last)
             if done_only:
-                query = query.where(Item.status == DONE)
+                query = query.where(Item.status == ItemState.DONE)
             items = list(session.scalars(query.order_by(Item.id).limit(PAGE)))
             if not items:
                 return

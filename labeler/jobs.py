@@ -20,21 +20,16 @@ from sqlalchemy import delete, insert, select, update
 
 from engine.backend import GenerationOptions
 from engine.prompts import TASKS
-from engine.settings import Settings
-from labeler.batches import RUNNABLE, finish_job_if_complete
+from labeler.settings import LabelerConfig
+from labeler.batches import finish_job_if_complete
 from labeler.db import Database
 from labeler.models import (
-    CANCELLED,
-    CLAIMED,
-    COMPLETED,
-    FAILED,
-    PAUSED,
-    PENDING,
-    QUEUED,
-    RUNNING,
-    SUBMITTING,
+    FINISHED_JOB_STATES,
+    RUNNABLE_JOB_STATES,
     Item,
+    ItemState,
     Job,
+    JobState,
     ModelVersion,
     utcnow,
 )
@@ -44,7 +39,6 @@ from labeler.sources import IMAGE_EXTENSIONS, SourceError, iter_source
 
 INSERT_CHUNK = 5000
 ID_PAGE = 10_000
-FINISHED_JOB_STATES = (COMPLETED, CANCELLED)
 
 
 class JobError(ValueError):
@@ -126,7 +120,7 @@ def job_status(job: Job, model_version: str | None, now: datetime | None = None)
         elapsed = ((job.finished_at or now) - job.started_at).total_seconds()
         rate = processed / elapsed if elapsed > 0 else None
     remaining = job.total - job.done - job.failed - job.cancelled
-    if rate and job.status in (QUEUED, RUNNING):
+    if rate and job.status in (JobState.QUEUED, JobState.RUNNING):
         eta = remaining / rate
     return JobStatus(
         id=job.id,
@@ -168,7 +162,7 @@ def list_jobs(db: Database, *, limit: int = 50, offset: int = 0) -> list[JobStat
 def submit(
     db: Database,
     app: Celery,
-    settings: Settings,
+    settings: LabelerConfig,
     source: str,
     spec: JobSpec,
     *,
@@ -195,7 +189,7 @@ def submit(
             generation=spec.generation(),
             model_version_id=version_for_uri(session, uri).id,
             batch_size=batch,
-            status=SUBMITTING,
+            status=JobState.SUBMITTING,
         )
         session.add(job)
         session.flush()
@@ -213,7 +207,7 @@ def submit(
             f"once it is back, `llava-labeler resume {job_id}` queues them"
         ) from None
     with db.write() as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.status == SUBMITTING).values(status=QUEUED))
+        session.execute(update(Job).where(Job.id == job_id, Job.status == JobState.SUBMITTING).values(status=JobState.QUEUED))
         finish_job_if_complete(session, job_id)
     return get_status(db, job_id)
 
@@ -229,7 +223,7 @@ def _insert_items(db: Database, job_id: int, items: Iterator, progress: Callable
                 "question": item.question,
                 "metadata": item.metadata or None,
                 "reference": item.reference,
-                "status": FAILED if item.error else PENDING,
+                "status": ItemState.FAILED if item.error else ItemState.PENDING,
                 "attempts": 0,
                 "error": item.error,
                 "finished_at": now if item.error else None,
@@ -260,7 +254,7 @@ def pending_item_ids(db: Database, job_id: int) -> Iterator[int]:
             page = list(
                 session.scalars(
                     select(Item.id)
-                    .where(Item.job_id == job_id, Item.status == PENDING, Item.id > last)
+                    .where(Item.job_id == job_id, Item.status == ItemState.PENDING, Item.id > last)
                     .order_by(Item.id)
                     .limit(ID_PAGE)
                 )
@@ -284,13 +278,13 @@ def _change_state(db: Database, job_id: int, allowed: tuple[str, ...], new: str,
 
 def pause(db: Database, job_id: int) -> JobStatus:
     """Stop starting batches of the job (batches already running finish)."""
-    _change_state(db, job_id, RUNNABLE, PAUSED, "pause")
+    _change_state(db, job_id, RUNNABLE_JOB_STATES, JobState.PAUSED, "pause")
     return get_status(db, job_id)
 
 
-def resume(db: Database, app: Celery, settings: Settings, job_id: int) -> JobStatus:
+def resume(db: Database, app: Celery, settings: LabelerConfig, job_id: int) -> JobStatus:
     """Run a paused job again: every pending item is sent out (also repairs a job whose enqueue broke off)."""
-    job = _change_state(db, job_id, (PAUSED, *RUNNABLE), QUEUED, "resume")
+    job = _change_state(db, job_id, (JobState.PAUSED, *RUNNABLE_JOB_STATES), JobState.QUEUED, "resume")
     enqueue(app, job_id, pending_item_ids(db, job_id), job.batch_size, settings.labeler.queue)
     with db.write() as session:
         finish_job_if_complete(session, job_id)
@@ -307,56 +301,56 @@ def cancel(db: Database, job_id: int) -> JobStatus:
             raise JobError(f"cannot cancel job {job_id}: it is {job.status}")
         result = session.execute(
             update(Item)
-            .where(Item.job_id == job_id, Item.status.in_((PENDING, CLAIMED)))
-            .values(status=CANCELLED, lease_owner=None, lease_expires_at=None, finished_at=utcnow())
+            .where(Item.job_id == job_id, Item.status.in_((ItemState.PENDING, ItemState.CLAIMED)))
+            .values(status=ItemState.CANCELLED, lease_owner=None, lease_expires_at=None, finished_at=utcnow())
             .execution_options(synchronize_session=False)
         )
         job.cancelled += result.rowcount
-        job.status = CANCELLED
+        job.status = JobState.CANCELLED
         job.finished_at = utcnow()
     return get_status(db, job_id)
 
 
-def retry_failed(db: Database, app: Celery, settings: Settings, job_id: int) -> tuple[JobStatus, int]:
+def retry_failed(db: Database, app: Celery, settings: LabelerConfig, job_id: int) -> tuple[JobStatus, int]:
     """Send the job's failed items through again; returns the status and how many were reset."""
     with db.write() as session:
         job = session.get(Job, job_id)
         if job is None:
             raise JobError(f"no job {job_id}")
-        if job.status == CANCELLED:
+        if job.status == JobState.CANCELLED:
             raise JobError(f"cannot retry job {job_id}: it is cancelled")
         ids = list(
             session.scalars(
                 update(Item)
-                .where(Item.job_id == job_id, Item.status == FAILED)
-                .values(status=PENDING, attempts=0, error=None, finished_at=None)
+                .where(Item.job_id == job_id, Item.status == ItemState.FAILED)
+                .values(status=ItemState.PENDING, attempts=0, error=None, finished_at=None)
                 .returning(Item.id)
                 .execution_options(synchronize_session=False)
             )
         )
         job.failed -= len(ids)
-        if ids and job.status == COMPLETED:
-            job.status, job.finished_at = QUEUED, None
-        paused = job.status == PAUSED
+        if ids and job.status == JobState.COMPLETED:
+            job.status, job.finished_at = JobState.QUEUED, None
+        paused = job.status == JobState.PAUSED
         batch_size = job.batch_size
     if ids and not paused:
         enqueue(app, job_id, sorted(ids), batch_size, settings.labeler.queue)
     return get_status(db, job_id), len(ids)
 
 
-def requeue_expired(db: Database, app: Celery, settings: Settings) -> int:
+def requeue_expired(db: Database, app: Celery, settings: LabelerConfig) -> int:
     """Hand items whose worker lease ran out (a killed worker) back to the queue; returns how many."""
     with db.write() as session:
         rows = session.execute(
             update(Item)
-            .where(Item.status == CLAIMED, Item.lease_expires_at < utcnow())
-            .values(status=PENDING, lease_owner=None, lease_expires_at=None)
+            .where(Item.status == ItemState.CLAIMED, Item.lease_expires_at < utcnow())
+            .values(status=ItemState.PENDING, lease_owner=None, lease_expires_at=None)
             .returning(Item.job_id, Item.id)
             .execution_options(synchronize_session=False)
         ).all()
         if not rows:
             return 0
-        runnable = select(Job).where(Job.id.in_({job_id for job_id, _ in rows}), Job.status.in_(RUNNABLE))
+        runnable = select(Job).where(Job.id.in_({job_id for job_id, _ in rows}), Job.status.in_(RUNNABLE_JOB_STATES))
         jobs = {job.id: job.batch_size for job in session.scalars(runnable)}
     by_job: dict[int, list[int]] = {}
     for job_id, item_id in rows:
@@ -378,7 +372,7 @@ def failed_items(db: Database, job_id: int, *, limit: int = 20) -> list[FailedIt
     with db.read() as session:
         rows = session.execute(
             select(Item.id, Item.uri, Item.error)
-            .where(Item.job_id == job_id, Item.status == FAILED)
+            .where(Item.job_id == job_id, Item.status == ItemState.FAILED)
             .order_by(Item.id)
             .limit(limit)
         ).all()

@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.settings import Settings
+from labeler.settings import LabelerConfig
 from labeler.jobs import JobSpec
+from labeler.models import Decision
 from labeler.service import Labeler
 from labeler.subcommands import evaluate, run_command
 from labeler.worker import InProcessWorker, load_engine
@@ -102,7 +103,7 @@ def _metric(table: dict[str, Any], kind: str, path: tuple[str, ...]) -> float:
     return float(value)
 
 
-def loop_settings(base: Settings, out: Path, model: str, sizes: LoopSizes, replay: Path) -> Settings:
+def loop_settings(base: LabelerConfig, out: Path, model: str, sizes: LoopSizes, replay: Path) -> LabelerConfig:
     """The demo's own embedded deployment under `out`: its database, broker, model store and retrain options."""
     retrain = base.retrain.model_copy(
         update={
@@ -135,7 +136,7 @@ def run_loop_demo(
     model: Path,
     out: Path,
     withheld: tuple[str, ...],
-    base: Settings,
+    base: LabelerConfig,
     *,
     sizes: LoopSizes = LoopSizes(),
     seed: int = 0,
@@ -239,12 +240,12 @@ def _truths(manifest: Path) -> dict[str, Any]:
 def simulate_review(labeler: Labeler, truths: dict[str, Any], reviewer: str = REVIEWER) -> dict[str, int]:
     """Review every unreviewed prediction as a careful person would: accept what matches the truth,
     edit the rest into the truth. Goes through the same lease and record calls as the console."""
-    counts = {"accept": 0, "edit": 0}
+    counts = {Decision.ACCEPT: 0, Decision.EDIT: 0}
     while (task := labeler.next_for_review(reviewer)) is not None:
         truth = truths.get(task.uri)
         if truth is None:
             raise LoopDemoError(f"the simulated reviewer has no ground truth for {task.uri}")
-        decision = "accept" if task.output_json == truth else "edit"
-        labeler.record_review(task.prediction_id, reviewer, decision, truth if decision == "edit" else None)
+        decision = Decision.ACCEPT if task.output_json == truth else Decision.EDIT
+        labeler.record_review(task.prediction_id, reviewer, decision, truth if decision == Decision.EDIT else None)
         counts[decision] += 1
     return counts

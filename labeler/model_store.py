@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from engine.settings import Settings
+from labeler.settings import LabelerConfig
 
 # The file that marks a directory as a complete download (written last by `local_copy`).
 COMPLETE = ".llava-labeler-complete"
@@ -25,12 +25,12 @@ class ModelStoreError(RuntimeError):
     """A version could not be uploaded to or fetched from the model store; the message says which and why."""
 
 
-def versions_dir(settings: Settings) -> Path:
+def versions_dir(settings: LabelerConfig) -> Path:
     """The local directory candidates are written to (absolute: other processes load the version's URI)."""
     return (settings.rollout.model_store_path or Path(settings.data_dir) / "models").resolve()
 
 
-def check(settings: Settings) -> None:
+def check(settings: LabelerConfig) -> None:
     """Refuse, before hours of training, a store the versions could not reach."""
     if settings.rollout.model_store_uri.startswith("pvc://") and settings.rollout.model_store_path is None:
         raise ModelStoreError(
@@ -38,16 +38,16 @@ def check(settings: Settings) -> None:
         )
 
 
-def uploads(settings: Settings) -> bool:
+def uploads(settings: LabelerConfig) -> bool:
     """Whether promoted versions go to an object store (a store URI and no local mount of it)."""
     return bool(settings.rollout.model_store_uri) and settings.rollout.model_store_path is None
 
 
-def store_uri(settings: Settings, name: str) -> str:
+def store_uri(settings: LabelerConfig, name: str) -> str:
     return f"{settings.rollout.model_store_uri.rstrip('/')}/{name}"
 
 
-def publish(settings: Settings, local: Path, name: str) -> str:
+def publish(settings: LabelerConfig, local: Path, name: str) -> str:
     """Make `local` available as version `name`; the URI to record (the store's copy, or `local` itself)."""
     if not uploads(settings):
         return str(local)
@@ -71,7 +71,7 @@ def is_remote(uri: str) -> bool:
     return "://" in uri
 
 
-def local_copy(settings: Settings, uri: str) -> str:
+def local_copy(settings: LabelerConfig, uri: str) -> str:
     """A path training can load for `uri`: itself when local (or a hub id), else a cached download."""
     if not is_remote(uri):
         return uri

@@ -11,6 +11,7 @@ counts are counters on the job row, updated in the same transaction as the items
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -32,16 +33,50 @@ from sqlalchemy import text as sql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# Job states. `submitting` until every batch is enqueued; the finished states are final.
-SUBMITTING, QUEUED, RUNNING, PAUSED, COMPLETED, CANCELLED = "submitting", "queued", "running", "paused", "completed", "cancelled"
-JOB_STATES = (SUBMITTING, QUEUED, RUNNING, PAUSED, COMPLETED, CANCELLED)
-ACTIVE_JOB_STATES = (QUEUED, RUNNING)
-# Item states: every item ends in exactly one of the terminal ones.
-PENDING, CLAIMED, DONE, FAILED = "pending", "running", "done", "failed"
-ITEM_TERMINAL = (DONE, FAILED, CANCELLED)
-DECISIONS = ("accept", "edit", "reject")
-# A retrain candidate that lost its evaluation ends `rejected`; one whose training or evaluation broke, `failed`.
-MODEL_STATES = ("candidate", "active", "retired", "rejected", "failed")
+
+class JobState(StrEnum):
+    """A job's state: `submitting` until every batch is enqueued; the finished states are final."""
+
+    SUBMITTING = "submitting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class ItemState(StrEnum):
+    """An item's state: every item ends in exactly one of DONE, FAILED, CANCELLED."""
+
+    PENDING = "pending"
+    CLAIMED = "running"  # under a worker's lease (the stored value predates the name)
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Decision(StrEnum):
+    """A reviewer's verdict on a prediction."""
+
+    ACCEPT = "accept"
+    EDIT = "edit"
+    REJECT = "reject"
+
+
+class ModelState(StrEnum):
+    """A model version's state: a retrain candidate that lost its evaluation ends REJECTED; one whose
+    training or evaluation broke, FAILED."""
+
+    CANDIDATE = "candidate"
+    ACTIVE = "active"
+    RETIRED = "retired"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+RUNNABLE_JOB_STATES = (JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
+FINISHED_JOB_STATES = (JobState.COMPLETED, JobState.CANCELLED)
 
 Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite only auto-increments INTEGER PRIMARY KEY
 Json = JSON().with_variant(JSONB(), "postgresql")
@@ -83,7 +118,7 @@ class ModelVersion(Base):
     uri: Mapped[str] = mapped_column(Text)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     metrics: Mapped[dict[str, Any] | None] = mapped_column(Json)
-    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    status: Mapped[str] = mapped_column(String(16), default=ModelState.CANDIDATE)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -99,7 +134,7 @@ class Job(Base):
     generation: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     batch_size: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default=SUBMITTING, index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobState.SUBMITTING, index=True)
     total: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -128,7 +163,7 @@ class Item(Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", Json)
     reference: Mapped[Any] = mapped_column(Json, nullable=True)
     content_hash: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    status: Mapped[str] = mapped_column(String(16), default=ItemState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     lease_owner: Mapped[str | None] = mapped_column(String(36))

@@ -23,7 +23,7 @@ from celery import Celery
 from kombu.transport.sqlalchemy import Transport as SqlaTransport
 from sqlalchemy.engine import make_url
 
-from engine.settings import Settings
+from labeler.settings import LabelerConfig
 
 TASK_NAME = "labeler.process_batch"
 SQLA_PREFIX = "sqla+"
@@ -45,7 +45,7 @@ def _sqlite_broker_options(broker_url: str) -> dict:
     return {"creator": connect}
 
 
-def make_celery(settings: Settings) -> Celery:
+def make_celery(settings: LabelerConfig) -> Celery:
     """A Celery app for `settings` (the same for `submit` and for `worker`)."""
     broker = settings.broker_url
     if broker.startswith(SQLA_PREFIX):  # transport options go to create_engine there

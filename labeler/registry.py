@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from engine.settings import Settings
+from labeler.settings import LabelerConfig
 from labeler.db import dialect_insert
-from labeler.models import MODEL_STATES, ModelVersion
+from labeler.models import ModelState, ModelVersion
 
 
 class RegistryError(ValueError):
@@ -32,7 +32,7 @@ def version_for_uri(session: Session, uri: str) -> ModelVersion:
     found = session.scalars(select(ModelVersion).where(ModelVersion.uri == uri).order_by(ModelVersion.id.desc())).first()
     if found:
         return found
-    insert = dialect_insert(session)(ModelVersion).values(name=uri, uri=uri, status="candidate")
+    insert = dialect_insert(session)(ModelVersion).values(name=uri, uri=uri, status=ModelState.CANDIDATE)
     session.execute(insert.on_conflict_do_nothing(index_elements=["name"]))
     return session.scalars(select(ModelVersion).where(ModelVersion.name == uri)).one()
 
@@ -44,17 +44,17 @@ def register(
     *,
     parent: str | None = None,
     metrics: dict[str, Any] | None = None,
-    status: str = "candidate",
+    status: str = ModelState.CANDIDATE,
 ) -> ModelVersion:
-    if status not in MODEL_STATES:
-        raise RegistryError(f"unknown model status {status!r}; expected one of {', '.join(MODEL_STATES)}")
+    if status not in tuple(ModelState):
+        raise RegistryError(f"unknown model status {status!r}; expected one of {', '.join(ModelState)}")
     if session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first():
         raise RegistryError(f"a model version named {name!r} already exists")
     parent_id = get(session, parent).id if parent else None
     version = ModelVersion(name=name, uri=uri, parent_id=parent_id, metrics=metrics, status=status)
     session.add(version)
     session.flush()
-    if status == "active":
+    if status == ModelState.ACTIVE:
         _retire_others(session, version.id)
     return version
 
@@ -69,20 +69,20 @@ def get(session: Session, name: str) -> ModelVersion:
 def promote(session: Session, name: str) -> ModelVersion:
     """Make `name` the active version; the previously active one is retired."""
     version = get(session, name)
-    version.status = "active"
+    version.status = ModelState.ACTIVE
     _retire_others(session, version.id)
     return version
 
 
 def _retire_others(session: Session, keep: int) -> None:
     session.execute(
-        update(ModelVersion).where(ModelVersion.status == "active", ModelVersion.id != keep).values(status="retired")
+        update(ModelVersion).where(ModelVersion.status == ModelState.ACTIVE, ModelVersion.id != keep).values(status=ModelState.RETIRED)
     )
 
 
 def active(session: Session) -> ModelVersion | None:
     """The active version (the newest, should a race ever have left two)."""
-    query = select(ModelVersion).where(ModelVersion.status == "active").order_by(ModelVersion.id.desc())
+    query = select(ModelVersion).where(ModelVersion.status == ModelState.ACTIVE).order_by(ModelVersion.id.desc())
     return session.scalars(query).first()
 
 
@@ -92,7 +92,7 @@ def conclude(session: Session, name: str, status: str, metrics: dict[str, Any]) 
     Promotion goes through `promote`, never through here, so that the previously active
     version is retired in the same transaction.
     """
-    if status not in ("candidate", "rejected", "failed"):
+    if status not in (ModelState.CANDIDATE, ModelState.REJECTED, ModelState.FAILED):
         raise RegistryError(f"a candidate ends as candidate, rejected or failed, not {status!r} (promote makes it active)")
     version = get(session, name)
     version.status = status
@@ -111,7 +111,7 @@ def model_for_new_jobs(session: Session, engine_model: str, engine_url: str | No
     return current.uri if current is not None else engine_model
 
 
-def settings_for_new_jobs(session: Session, settings: Settings) -> Settings:
+def settings_for_new_jobs(session: Session, settings: LabelerConfig) -> LabelerConfig:
     """`settings` with the engine on `model_for_new_jobs`: what a worker or `run` starts with, so an
     embedded deployment serves (and attributes predictions to) the promoted version."""
     if settings.engine.url:

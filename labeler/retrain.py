@@ -29,10 +29,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from engine.settings import Settings
+from labeler.settings import LabelerConfig, RetrainSettings
 from labeler import locks, model_store, registry, retrain_data, rollout, subcommands
 from labeler.db import Database
-from labeler.models import ModelVersion, utcnow
+from labeler.models import ModelState, ModelVersion, utcnow
 from labeler.reading import ReadError
 from labeler.registry import RegistryError
 
@@ -76,7 +76,7 @@ class _Base:
     reviews_after: datetime | None
 
 
-def retrain(db: Database, settings: Settings, *, full: bool = False, dry_run: bool = False, echo: Echo = print) -> RetrainOutcome:
+def retrain(db: Database, settings: LabelerConfig, *, full: bool = False, dry_run: bool = False, echo: Echo = print) -> RetrainOutcome:
     """One retrain under the database lock (`locks.LockHeld` when another one runs)."""
     with locks.holding(db, LOCK, settings.retrain.lock_ttl_s) as lock:
         return _Run(db, settings, lock, lora=settings.retrain.lora and not full, echo=echo).run(dry_run)
@@ -101,8 +101,20 @@ def _main_metric(kind: str, row: dict[str, Any]) -> float:
     raise RetrainError(f"evaluation type {kind!r} has no metric to compare models by: {sorted(row)}")
 
 
+def train_config(
+    options: RetrainSettings, lora: bool, base_uri: str, data: retrain_data.RetrainData, checkpoint: Path
+) -> dict[str, Any]:
+    """The finetune run as the fields of a `llava-labeler train --config` file (training's TrainConfig)."""
+    config = {
+        "stage": "finetune", "model": base_uri, "data": str(data.train), "images": str(data.images),
+        "out": str(checkpoint), "lora": lora, "max_steps": options.max_steps, "epochs": options.epochs,
+        "seed": options.seed, "save_steps": 0, "learning_rate": options.learning_rate, "batch_size": options.batch_size,
+    }  # fmt: skip
+    return {key: value for key, value in config.items() if value is not None}
+
+
 class _Run:
-    def __init__(self, db: Database, settings: Settings, lock: locks.HeldLock, *, lora: bool, echo: Echo):
+    def __init__(self, db: Database, settings: LabelerConfig, lock: locks.HeldLock, *, lora: bool, echo: Echo):
         self.db, self.settings, self.lock, self.lora, self.echo = db, settings, lock, lora, echo
         self.options = settings.retrain
 
@@ -127,7 +139,7 @@ class _Run:
             return self._train_and_judge(name, parent, base, reviewed, facts)
         except BaseException as exc:  # Ctrl-C included: the candidate must not stay a "candidate" forever
             reason = str(exc) if isinstance(exc, EXPLAINED) else repr(exc)
-            self._conclude(name, "failed", {**facts, "decision": "failed", "reason": reason})
+            self._conclude(name, ModelState.FAILED, {**facts, "decision": "failed", "reason": reason})
             self.echo(f"retrain: {name} failed: {reason}")
             if not isinstance(exc, Exception):
                 raise
@@ -156,7 +168,7 @@ class _Run:
         verdict = f"candidate {candidate['score']:.4f} vs active {active['score']:.4f}: {gain:+.4f}"
         if gain < margin:
             reason = f"{verdict}, below the margin {margin:+.4f}"
-            self._conclude(name, "rejected", {**facts, "decision": "rejected", "reason": reason})
+            self._conclude(name, ModelState.REJECTED, {**facts, "decision": "rejected", "reason": reason})
             self.echo(f"retrain: rejected {name}: {reason}; {parent} stays active")
             return RetrainOutcome("rejected", reason, facts["reviews"], name, facts)
         reason = f"{verdict}, at least the margin {margin:+.4f}"
@@ -214,21 +226,17 @@ class _Run:
             raise RetrainError("the retrain lock expired while training (raise retrain.lock_ttl_s); not promoting")
 
         def promote(session) -> None:
-            registry.conclude(session, name, "candidate", {"retrain": facts}).uri = uri
+            registry.conclude(session, name, ModelState.CANDIDATE, {"retrain": facts}).uri = uri
             registry.promote(session, name)
 
         self.db.retrying(promote)
 
     # the training side: processes and files
     def _train(self, base_uri: str, data: retrain_data.RetrainData, checkpoint: Path, work: Path) -> dict[str, Any]:
-        o = self.options
-        args = ["train", "--stage", "finetune", "--model", base_uri, "--data", str(data.train), "--images", str(data.images)]
-        args += ["--out", str(checkpoint), "--lora" if self.lora else "--no-lora", "--max-steps", str(o.max_steps)]
-        args += ["--epochs", str(o.epochs), "--seed", str(o.seed), "--save-steps", "0"]
-        args += ["--lr", str(o.learning_rate)] if o.learning_rate is not None else []
-        args += ["--batch-size", str(o.batch_size)] if o.batch_size is not None else []
-        self.echo(f"retrain: finetuning {base_uri} ({'LoRA' if self.lora else 'full'}) into {checkpoint}")
-        self._cli([*args, *o.extra_train_args], work / "train.log", "training")
+        config = work / "train-config.json"
+        config.write_text(json.dumps(train_config(self.options, self.lora, base_uri, data, checkpoint), indent=1) + "\n")
+        self.echo(f"retrain: finetuning {base_uri} ({'LoRA' if self.lora else 'full'}) into {checkpoint}: {config.read_text()}")
+        self._cli(["train", "--config", str(config), *self.options.extra_train_args], work / "train.log", "training")
         metrics = json.loads((checkpoint / "train_metrics.json").read_text())
         keep = ("global_steps", "train_loss", "final_loss", "trainable_parameters", "wall_seconds")
         return {key: metrics.get(key) for key in keep}

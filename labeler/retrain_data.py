@@ -26,13 +26,13 @@ from typing import Any
 from sqlalchemy import select
 
 from engine.prompts import OPTION_LETTERS, UNANSWERABLE
-from engine.settings import RetrainSettings, Settings
+from labeler.settings import LabelerConfig, RetrainSettings
 from labeler import exports
 from labeler.db import Database
-from labeler.models import Item, Job, Prediction, Review
+from labeler.models import Decision, Item, Job, Prediction, Review
 from labeler.reading import read_image_bytes
 
-TRAIN_DECISIONS = ("accept", "edit")
+TRAIN_DECISIONS = (Decision.ACCEPT, Decision.EDIT)
 
 
 class RetrainDataError(ValueError):
@@ -65,7 +65,7 @@ def reviewed_since(db: Database, since: datetime | None) -> dict[int, set[int]]:
     return dict(found)
 
 
-def build(db: Database, settings: Settings, reviewed: dict[int, set[int]], workdir: Path) -> RetrainData:
+def build(db: Database, settings: LabelerConfig, reviewed: dict[int, set[int]], workdir: Path) -> RetrainData:
     """Write train.json, eval.json and images/ under `workdir` from the reviewed items and the replay file."""
     options = settings.retrain
     images = workdir / "images"
@@ -104,7 +104,7 @@ def _held_out(n: int, options: RetrainSettings) -> set[int]:
     return set(random.Random(options.seed).sample(range(n), size))
 
 
-def _copy_image(uri: str, settings: Settings, images: Path, stem: str) -> str:
+def _copy_image(uri: str, settings: LabelerConfig, images: Path, stem: str) -> str:
     """Copy one item's image under `images` (read as the workers read it); the path relative to `images`."""
     suffix = Path(uri.split("?")[0]).suffix.lower()[:8]
     relative = f"{stem}{suffix}"

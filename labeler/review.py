@@ -20,8 +20,9 @@ import jsonschema
 from sqlalchemy import Select, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from engine.structured import validator
 from labeler.db import Database, dialect_insert
-from labeler.models import DECISIONS, Item, Job, Prediction, Review, utcnow
+from labeler.models import Decision, Item, Job, Prediction, Review, utcnow
 
 CANDIDATES = 20
 
@@ -58,7 +59,7 @@ class ReviewRecord:
 
 
 ReviewState = Literal["unreviewed", "accept", "edit", "reject"]
-REVIEW_STATES: tuple[ReviewState, ...] = ("unreviewed", *DECISIONS)  # type: ignore[assignment]
+REVIEW_STATES: tuple[ReviewState, ...] = ("unreviewed", *Decision)  # type: ignore[assignment]
 Order = Literal["confidence", "random"]
 
 
@@ -175,15 +176,15 @@ def release(db: Database, prediction_id: int, reviewer: str) -> None:
 
 
 def _checked_output(decision: str, output: Any, schema: dict[str, Any] | None) -> Any:
-    if decision not in DECISIONS:
-        raise ReviewError(f"unknown decision {decision!r}; expected one of {', '.join(DECISIONS)}")
-    if decision != "edit":
+    if decision not in tuple(Decision):
+        raise ReviewError(f"unknown decision {decision!r}; expected one of {', '.join(Decision)}")
+    if decision != Decision.EDIT:
         return None
     if output is None or output == "":
         raise ReviewError("an edit needs the corrected output")
     if schema is not None:
         try:
-            jsonschema.validate(output, schema)
+            validator(schema).validate(output)
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path) or "the top level"
             raise ReviewError(f"the corrected output does not fit the job's schema at {where}: {exc.message}") from None
@@ -231,7 +232,7 @@ def review_counts(db: Database, job_id: int | None = None) -> dict[str, int]:
         if job_id is not None:
             decided = decided.where(Prediction.job_id == job_id)
             waiting = waiting.where(Prediction.job_id == job_id)
-        counts = {decision: 0 for decision in DECISIONS}
+        counts = {decision: 0 for decision in Decision}
         counts.update(dict(session.execute(decided.group_by(Review.decision)).all()))  # type: ignore[arg-type]
         counts["unreviewed"] = session.scalar(waiting) or 0
     return counts

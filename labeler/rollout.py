@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from engine.settings import RolloutSettings
+from labeler.settings import RolloutSettings
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 STORAGE_ENV = "STORAGE_URI"

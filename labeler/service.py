@@ -19,14 +19,15 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.settings import Settings, get_settings
+from labeler.settings import LabelerConfig
 from labeler import console_queries, exports, jobs, registry, retrain, review
 from labeler.accuracy import Accuracy, score_job
+from labeler.confidence import mean_logprob, probability
 from labeler.console_queries import BrowsePage, BrowseQuery, BrowseRow, FailureReason, ReviewRates
 from labeler.db import Database, open_database
 from labeler.exports import FORMATS, SUFFIX, ExportError, label_text
 from labeler.jobs import FailedItem, JobError, JobSpec, JobStatus
-from labeler.models import ModelVersion
+from labeler.models import RUNNABLE_JOB_STATES, Decision, ItemState, JobState, ModelState, ModelVersion
 from labeler.queue import make_celery
 from labeler.reading import ReadError, read_image_bytes
 from labeler.registry import RegistryError
@@ -35,6 +36,13 @@ from labeler.review import REVIEW_STATES, PredictionFilter, ReviewError, ReviewR
 from labeler.sources import IMAGE_EXTENSIONS, SourceError
 
 __all__ = [
+    "RUNNABLE_JOB_STATES",
+    "Decision",
+    "ItemState",
+    "JobState",
+    "ModelState",
+    "mean_logprob",
+    "probability",
     "FORMATS",
     "REVIEW_STATES",
     "SUFFIX",
@@ -74,10 +82,10 @@ class ModelVersionInfo:
 
 
 class Labeler:
-    """Jobs, reviews and model versions for one settings object (default: the environment's)."""
+    """Jobs, reviews and model versions for one settings object."""
 
-    def __init__(self, settings: Settings | None = None, *, app: Celery | None = None):
-        self.settings = settings or get_settings()
+    def __init__(self, settings: LabelerConfig, *, app: Celery | None = None):
+        self.settings = settings
         self.db: Database = open_database(self.settings.database_url)
         self._app = app
 
@@ -169,7 +177,7 @@ class Labeler:
             return [_info(session, version) for version in session.scalars(select(ModelVersion).order_by(ModelVersion.id))]
 
     def register_model_version(
-        self, name: str, uri: str, *, parent: str | None = None, metrics: dict[str, Any] | None = None, status: str = "candidate"
+        self, name: str, uri: str, *, parent: str | None = None, metrics: dict[str, Any] | None = None, status: str = ModelState.CANDIDATE
     ) -> ModelVersionInfo:
         with self.db.write() as session:
             return _info(session, registry.register(session, name, uri, parent=parent, metrics=metrics, status=status))
@@ -188,7 +196,7 @@ class Labeler:
         with self.db.read() as session:
             return registry.model_for_new_jobs(session, self.settings.engine.model, self.settings.engine.url)
 
-    def settings_for_new_jobs(self) -> Settings:
+    def settings_for_new_jobs(self) -> LabelerConfig:
         """These settings with the engine on `model_for_new_jobs()`: what a worker or `run` should start with,
         so that an embedded deployment serves (and attributes predictions to) the promoted version."""
         with self.db.read() as session:

@@ -1,6 +1,6 @@
 """Run `llava-labeler` commands as child processes: how the labeler drives training.
 
-Labeler and training never import each other (DESIGN's dependency rule); where the
+Labeler and training never import each other (docs/architecture.md); where the
 labeler needs a model trained, evaluated or a data set rendered, it runs the training
 command with this interpreter, echoes its output and keeps it in a log file.
 """
@@ -22,7 +22,7 @@ class CommandFailed(RuntimeError):
 
 def run_command(args: Sequence[str], log: Path, what: str, echo: Callable[[str], None] = print) -> None:
     """Run `llava-labeler ARGS`, its output echoed line by line and kept in `log`."""
-    command = [sys.executable, "-c", "from labeler.cli import main; main()", *args]
+    command = [sys.executable, "-m", "entrypoints", *args]
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     log.parent.mkdir(parents=True, exist_ok=True)
     tail: list[str] = []

@@ -23,7 +23,8 @@ from celery import Celery, signals
 from celery.worker import WorkController
 
 from engine.backend import Backend
-from engine.settings import Settings
+from engine.backends import load_backend
+from labeler.settings import LabelerConfig
 from labeler import jobs, registry
 from labeler.batches import BatchProcessor, BatchResult
 from labeler.db import open_database
@@ -32,24 +33,15 @@ from labeler.queue import TASK_NAME, make_celery
 log = logging.getLogger(__name__)
 
 
-def load_engine(settings: Settings) -> Backend:
+def load_engine(settings: LabelerConfig) -> Backend:
     """The engine a worker uses: the remote predictor when engine.url is set, else in-process (the one place)."""
-    from engine.backend import load_backend
-
-    return load_backend(
-        settings.engine.model,
-        url=settings.engine.url,
-        device=settings.engine.device,
-        dtype=settings.engine.dtype,
-        max_batch_size=settings.engine.max_batch_size,
-        image_limits=settings.images,
-    )
+    return load_backend(settings, url=settings.engine.url)
 
 
 @cache
 def _process_processor(settings_json: str, pid: int) -> BatchProcessor:
     """This worker process's processor, its engine loaded once (at process start, see start_worker)."""
-    settings = Settings.model_validate_json(settings_json)
+    settings = LabelerConfig.model_validate_json(settings_json)
     db = open_database(settings.database_url)
     with db.read() as session:
         settings = registry.settings_for_new_jobs(session, settings)  # the promoted version, once there is one
@@ -58,7 +50,7 @@ def _process_processor(settings_json: str, pid: int) -> BatchProcessor:
 
 
 def make_app(
-    settings: Settings,
+    settings: LabelerConfig,
     processor: Callable[[], BatchProcessor],
     on_batch: Callable[[BatchResult, float], None] | None = None,
 ) -> Celery:
@@ -80,7 +72,7 @@ def make_app(
 class Sweeper(threading.Thread):
     """Resends expired leases (dead workers' items, retry backoffs) every `period` seconds."""
 
-    def __init__(self, app: Celery, settings: Settings):
+    def __init__(self, app: Celery, settings: LabelerConfig):
         super().__init__(name="lease-sweeper", daemon=True)
         self.app, self.settings = app, settings
         self.period = max(0.5, min(5.0, settings.labeler.visibility_timeout_s / 4, settings.labeler.retry_backoff_s or 5.0))
@@ -96,7 +88,7 @@ class Sweeper(threading.Thread):
                 log.exception("lease sweep failed; trying again in %.1f s", self.period)
 
 
-def start_worker(settings: Settings, *, concurrency: int | None = None, loglevel: str = "INFO") -> None:
+def start_worker(settings: LabelerConfig, *, concurrency: int | None = None, loglevel: str = "INFO") -> None:
     """Run a prefork worker until it is stopped (the `worker` command)."""
     port = settings.labeler.metrics_port
     on_batch = None
@@ -104,7 +96,7 @@ def start_worker(settings: Settings, *, concurrency: int | None = None, loglevel
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="labeler-metrics-"))
         from labeler import metrics
 
-        metrics.serve(port, open_database(settings.database_url))
+        metrics.serve(settings.labeler.metrics_host, port, open_database(settings.database_url))
         on_batch = metrics.observe
         signals.worker_process_shutdown.connect(lambda pid=None, **_: metrics.child_exited(pid or os.getpid()), weak=False)
     settings_json = settings.model_dump_json()
@@ -137,7 +129,7 @@ def start_worker(settings: Settings, *, concurrency: int | None = None, loglevel
 class InProcessWorker:
     """The batch task in a thread of this process (solo pool), plus the sweeper: `run` uses it."""
 
-    def __init__(self, settings: Settings, engine: Backend):
+    def __init__(self, settings: LabelerConfig, engine: Backend):
         processor = BatchProcessor(open_database(settings.database_url), settings, lambda: engine)
         self.app = make_app(settings, lambda: processor)
         self.sweeper = Sweeper(self.app, settings)

@@ -12,7 +12,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from engine.settings import Settings
+from entrypoints.settings import Settings
 from labeler.loop_demo import LoopDemoError, LoopSizes, run_loop_demo
 from labeler.models import ModelVersion, Review
 from labeler.service import Labeler

@@ -11,7 +11,7 @@ counted, reported `BadSample`, never a silently unsupervised one.
 
 Images get exactly the inference preprocessing: `load_image`, then `expand_to_square`
 with the processor's mean colour (LLaVA-1.5's `pad`), then the processor's image
-processor — the steps of `engine.backends.hf.HFBackend._prepare` and `_run`.
+processor — the steps of `engine.backends.local.LocalBackend._prepare` and `HFBackend._run`.
 """
 
 from __future__ import annotations

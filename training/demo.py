@@ -53,14 +53,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from engine.prompts import conversation_segments
 from engine.tiny_model import TinySpec
+from training.config import Stage, TrainConfig
 from training.vision_pretrain import POOLED
-
-if TYPE_CHECKING:
-    from training.train import Stage
 
 # The issue's bar for the demo model on the held-out split.
 TARGETS = {
@@ -178,6 +176,28 @@ def _init(base: Path, recipe: Recipe, data: Path) -> None:
     processor.save_pretrained(base)
 
 
+def _flat(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """{"json exact_match": 0.84, "json fields.color": 1.0, ...} from an eval table."""
+    flat: dict[str, float] = {}
+    for kind, row in scores.items():
+        for name, value in row.items():
+            if isinstance(value, dict):
+                flat.update({f"{kind} {name}.{sub}": float(v) for sub, v in value.items()})
+            elif name != "n":
+                flat[f"{kind} {name}"] = float(value)
+    return flat
+
+
+def compare_scores(built: dict[str, dict[str, Any]], shipped: dict[str, dict[str, Any]]) -> str:
+    """The built model's scores beside the shipped demo model's, one metric a line."""
+    mine, theirs = _flat(built), _flat(shipped)
+    lines = [f"{'metric':<26} {'built':>7} {'shipped':>8}"]
+    for name in mine | theirs:
+        cells = [f"{table[name]:.1%}" if name in table else "-" for table in (mine, theirs)]
+        lines.append(f"{name:<26} {cells[0]:>7} {cells[1]:>8}")
+    return "\n".join(lines)
+
+
 def missed_targets(scores: dict[str, dict[str, Any]]) -> list[str]:
     """The targets a score table misses, in words."""
     missed = []
@@ -220,7 +240,7 @@ def build_demo(out: str | Path, recipe: Recipe = Recipe(), *, echo: Callable[[st
     from engine.backends.hf import HFBackend
     from training.eval_runner import format_table, load_items, run_eval
     from training.shapes_data import write_dataset
-    from training.train import TrainConfig, run_training
+    from training.train import run_training
     from training.vision_pretrain import transplant_tower
 
     out = Path(out)
@@ -243,22 +263,16 @@ def build_demo(out: str | Path, recipe: Recipe = Recipe(), *, echo: Callable[[st
 
     def train(run: _Stage, start: Path) -> Path:
         batch = run.batch_size or recipe.batch_size
-        command = (
-            f"llava-labeler train --stage {run.stage} --model {start} --data {data / run.data} --images {data / 'images'} "
-            f"--out {run.out} --lr {run.lr} --batch-size {batch} --per-device-batch-size {batch} "
-            f"--max-steps {run.steps} --max-length {recipe.max_length} --no-gradient-checkpointing --save-steps 0"
-            + (" --train-vision-tower" if run.tower else "")
-            + ("" if run.grouped else " --no-group-by-length")
-            + (f" --stop-at-loss {run.stop_at}" if run.stop_at is not None else "")
-            + (f" --projector-lr {run.projector_lr}" if run.projector_lr is not None else "")
-        )
         config = TrainConfig(
             stage=run.stage, model=str(start), data=data / run.data, out=run.out, images=data / "images",
-            learning_rate=run.lr, max_steps=run.steps, train_vision_tower=run.tower, global_batch_size=batch,
+            learning_rate=run.lr, max_steps=run.steps, train_vision_tower=run.tower, batch_size=batch,
             per_device_batch_size=batch, max_length=recipe.max_length, gradient_checkpointing=False,
             group_by_length=run.grouped, save_steps=0, logging_steps=50, seed=recipe.seed, stop_at_loss=run.stop_at,
             projector_lr=run.projector_lr,
         )  # fmt: skip
+        saved = work / f"{run.out.name}.train.json"
+        saved.write_text(config.model_dump_json(indent=1, exclude_defaults=True) + "\n")
+        command = f"llava-labeler train --config {saved}  # {config.model_dump_json(exclude_defaults=True)}"
         trained = step(run.name, command, lambda: run_training(config))
         ran[run.name] = trained["global_steps"]
         if run.stop_at is not None:

@@ -18,84 +18,24 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from rich.progress import Progress, TaskID, TextColumn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from engine.model import load_model, save_model
+from training.config import LORA_PROJECTOR_LR, TrainConfig, TrainingError
 from training.dataset import Collator, SupervisedDataset
 
 log = logging.getLogger(__name__)
 
-Stage = Literal["pretrain", "finetune"]
-# The paper's recipe (8x A100): (learning rate, global batch) per stage; LoRA: r 128, alpha 256, projector lr 2e-5.
-PAPER = {"pretrain": (1e-3, 256), "finetune": (2e-5, 128), "lora": (2e-4, 128)}
-LORA_R, LORA_ALPHA, LORA_PROJECTOR_LR = 128, 256, 2e-5
 LLM_LINEAR_LAYERS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 CHECKPOINTS = "checkpoints"
-
-
-class TrainingError(ValueError):
-    """A training configuration that cannot run; the message says what to change."""
-
-
-@dataclass
-class TrainConfig:
-    """One training run. Unset learning rate and batch size take the paper's values for the stage."""
-
-    stage: Stage
-    model: str
-    data: Path
-    out: Path
-    images: Path | None = None
-    lora: bool = False
-    lora_r: int = LORA_R
-    lora_alpha: int = LORA_ALPHA
-    lora_dropout: float = 0.05
-    merge_lora: bool = True
-    train_vision_tower: bool = False
-    learning_rate: float | None = None
-    projector_lr: float | None = None
-    global_batch_size: int | None = None
-    per_device_batch_size: int = 16
-    epochs: float = 1.0
-    max_steps: int = -1
-    # Stop once a logged training loss (the mean of `logging_steps` steps) is at or under this: the run has learnt
-    # what it is for. Skills a small model learns from scratch arrive as sudden drops whose step varies by seed.
-    stop_at_loss: float | None = None
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_length: int = 2048
-    gradient_checkpointing: bool = True
-    group_by_length: bool = True
-    save_steps: int = 500
-    logging_steps: int = 10
-    max_bad_fraction: float = 0.0
-    deepspeed: Path | None = None
-    seed: int = 0
-    resume: bool = False
-    num_workers: int = 0
-
-    def resolved(self) -> "TrainConfig":
-        """Fill the paper's defaults and check the combination."""
-        if self.lora and self.stage != "finetune":
-            raise TrainingError("--lora applies to the finetune stage (stage 1 trains only the projector)")
-        lr, batch = PAPER["lora" if self.lora else self.stage]
-        projector_lr = self.projector_lr if self.projector_lr is not None else (LORA_PROJECTOR_LR if self.lora else None)
-        return TrainConfig(
-            **{
-                **asdict(self),
-                "learning_rate": self.learning_rate or lr,
-                "global_batch_size": self.global_batch_size or batch,
-                "projector_lr": projector_lr,
-            }
-        )
-
 
 def world_size() -> int:
     """Processes in this run (torchrun / accelerate set WORLD_SIZE)."""
@@ -104,12 +44,12 @@ def world_size() -> int:
 
 def gradient_accumulation(config: TrainConfig) -> int:
     per_step = config.per_device_batch_size * world_size()
-    if config.global_batch_size % per_step:
+    if config.batch_size % per_step:
         raise TrainingError(
-            f"global batch {config.global_batch_size} is not a multiple of per-device batch "
+            f"global batch {config.batch_size} is not a multiple of per-device batch "
             f"{config.per_device_batch_size} x {world_size()} processes"
         )
-    return config.global_batch_size // per_step
+    return config.batch_size // per_step
 
 
 def set_trainable(model, config: TrainConfig) -> None:
@@ -194,6 +134,35 @@ class LossLog(TrainerCallback):
                 handle.write(json.dumps(entry) + "\n")
 
 
+class ProgressBar(TrainerCallback):
+    """One rich progress bar for the whole run, the latest loss beside it (instead of a line per logged step)."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            columns = (*Progress.get_default_columns(), TextColumn("{task.fields[loss]}"))
+            self.bar = Progress(*columns, transient=False)
+            self.task = self.bar.add_task(self.title, total=state.max_steps, completed=state.global_step, loss="")
+            self.bar.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and self.task is not None and logs and "loss" in logs:
+            self.bar.update(self.task, loss=f"loss {logs['loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
 class StopAtLoss(TrainerCallback):
     """Ends training at the first logged loss at or under `threshold` (every process logs the same mean)."""
 
@@ -229,7 +198,7 @@ def _arguments(config: TrainConfig, out: Path) -> TrainingArguments:
         logging_steps=config.logging_steps,
         logging_first_step=True,
         report_to="none",
-        disable_tqdm=False,
+        disable_tqdm=not config.verbose,
         dataloader_num_workers=config.num_workers,
         dataloader_pin_memory=cuda,
         remove_unused_columns=False,
@@ -302,6 +271,9 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         lengths=dataset.lengths,
         projector_lr=config.projector_lr,
     )
+    if not config.verbose:  # the bar replaces the Trainer's printed log lines
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(ProgressBar(f"{config.stage} {config.out.name}"))
     if trainer.is_world_process_zero():
         print(dataset.report.summary(), flush=True)
         print(f"training {trainable:,} of {total:,} parameters ({config.stage}{', LoRA' if config.lora else ''})", flush=True)
@@ -325,7 +297,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
             "world_size": world_size(),
             "wall_seconds": round(time.monotonic() - start, 1),
             "runtime": result.metrics,
-            "config": json.loads(json.dumps(asdict(config), default=str)),
+            "config": config.model_dump(mode="json"),
         }
         (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if dataset.report.bad:

@@ -4,7 +4,8 @@ The console shows every image a team labels, so outside a laptop it sits behind 
 - `oidc`: Streamlit's own `st.login` against the provider in secrets.toml `[auth]`; the
   reviewer is the provider's verified e-mail (or name, or subject);
 - `password`: one shared password from a secret, compared in constant time; reviewers
-  type their name, which is stored on their reviews as given;
+  type their name, which is stored on their reviews as given. Wrong passwords slow down and
+  then lock sign-in per client and per name (`ui.login_throttle`);
 - `none`: only for the local embedded mode, and only bound to a loopback address (the
   operating-system user is the reviewer). `check_exposure` refuses anything else, both in
   `llava-labeler ui` before the server starts and again in the app itself.
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import getpass
 import hmac
-import ipaddress
 
 import streamlit as st
 
-from engine.settings import UISettings
+from engine.fetch import is_loopback
+from ui import login_throttle
+from ui.settings import UISettings
 
 REVIEWER_KEY = "reviewer"
 MAX_NAME = 200  # reviews.reviewer is String(200)
@@ -26,15 +28,6 @@ MAX_NAME = 200  # reviews.reviewer is String(200)
 
 class ExposureError(ValueError):
     """The console would be reachable by others without a login; the message says what to set."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a hostname may resolve anywhere
 
 
 def check_exposure(ui: UISettings) -> None:
@@ -58,7 +51,7 @@ def require_reviewer(ui: UISettings) -> str:
     if ui.auth == "oidc":
         return _oidc_user()
     if ui.auth == "password":
-        return _password_user(ui.password.get_secret_value())  # type: ignore[union-attr]
+        return _password_user(ui)
     return getpass.getuser()
 
 
@@ -82,7 +75,7 @@ def _oidc_configured() -> bool:
         return False
 
 
-def _password_user(secret: str) -> str:
+def _password_user(ui: UISettings) -> str:
     if REVIEWER_KEY in st.session_state:
         return st.session_state[REVIEWER_KEY]
     st.title("llava-labeler review console")
@@ -91,14 +84,26 @@ def _password_user(secret: str) -> str:
         password = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
-        if not hmac.compare_digest(password.encode(), secret.encode()):
-            st.error("Wrong password.")
-        elif not name.strip():
+        _sign_in(ui, name, password)
+    st.stop()
+
+
+def _sign_in(ui: UISettings, name: str, password: str) -> None:
+    """Check one try, unless the client or the name must wait: then the password is not even compared."""
+    throttle = login_throttle.THROTTLE  # the server process's store, shared by every session
+    keys = [login_throttle.client_key(st.context.ip_address), login_throttle.user_key(name)]
+    wait_s = throttle.admit(keys, login_throttle.Rules.of(ui))
+    if wait_s:
+        st.error(login_throttle.refusal(wait_s))
+    elif not hmac.compare_digest(password.encode(), ui.password.get_secret_value().encode()):  # type: ignore[union-attr]
+        st.error("Wrong password.")
+    else:
+        throttle.succeeded(keys)
+        if not name.strip():
             st.error("Enter your name: it is stored with every review you make.")
         else:
             st.session_state[REVIEWER_KEY] = name.strip()
             st.rerun()
-    st.stop()
 
 
 def sign_out(ui: UISettings) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from labeler.service import REVIEW_STATES, Labeler, PredictionFilter
+from labeler.service import REVIEW_STATES, Decision, Labeler, PredictionFilter, mean_logprob
 
 ANY = "any"
-STATE_LABELS = {"unreviewed": "unreviewed", "accept": "accepted", "edit": "edited", "reject": "rejected"}
+STATE_LABELS = {"unreviewed": "unreviewed", Decision.ACCEPT: "accepted", Decision.EDIT: "edited", Decision.REJECT: "rejected"}
 JOB_CHOICES = 500
 
 
@@ -28,12 +28,14 @@ def prediction_filter(labeler: Labeler, key: str, *, default_state: str = ANY) -
         key=f"{key}.state",
     )
     low, high = st.columns(2)
-    min_confidence = low.number_input("Min confidence", value=None, step=0.1, key=f"{key}.min", help="Mean token log-probability (≤ 0).")
-    max_confidence = high.number_input("Max confidence", value=None, step=0.1, key=f"{key}.max")
+    meaning = "The answer's geometric-mean token probability, 0 to 1."
+    bounds = dict(value=None, min_value=0.0, max_value=1.0, step=0.05, help=meaning)
+    min_confidence = low.number_input("Min confidence", key=f"{key}.min", **bounds)
+    max_confidence = high.number_input("Max confidence", key=f"{key}.max", **bounds)
     return PredictionFilter(
         job_id=job_id,
         model_version_id=version_id,
         review_state=None if state == ANY else state,  # type: ignore[arg-type]
-        min_confidence=min_confidence,
-        max_confidence=max_confidence,
+        min_confidence=mean_logprob(min_confidence),
+        max_confidence=mean_logprob(max_confidence),
     )

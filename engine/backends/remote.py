@@ -1,6 +1,6 @@
 """The remote backend: the labeler's workers calling the KServe predictor over HTTP.
 
-`load_backend` returns this when the engine setting is a URL, so a worker switches from
+`engine.backends.load_backend` returns this for a predictor URL (the worker's engine.url), so a worker switches from
 in-process to remote with one setting and no code change. A batch goes out as one v1
 call (split only where it would pass the server's body limit) on a pooled httpx client;
 connection errors, timeouts, 5xx and 429 are retried with full-jitter exponential
@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from engine.backend import EngineError, GenerationRequest, GenerationResult, TransientEngineError
+from engine.images import image_size
 from engine.settings import ImageLimits, ServingSettings
 from engine.wire import encode_instance, result_from_wire
 
@@ -46,8 +47,10 @@ class RemoteBackend:
         self.base_url = url.rstrip("/")
         self.name = self.settings.model_name
         timeout = httpx.Timeout(self.settings.client_timeout_s, connect=min(10.0, self.settings.client_timeout_s))
+        key = self.settings.api_key
         self.client = httpx.Client(
             base_url=self.base_url,
+            headers={"Authorization": f"Bearer {key.get_secret_value()}"} if key else None,
             timeout=timeout,
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
             transport=transport,
@@ -71,15 +74,17 @@ class RemoteBackend:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """One result per request, in order; unusable items fail alone; an unreachable predictor raises."""
         results: list[GenerationResult | None] = [None] * len(requests)
-        ready: list[tuple[int, dict[str, Any]]] = []
+        ready: list[tuple[int, dict[str, Any], int]] = []  # (position, instance, pixels)
         for index, request in enumerate(requests):
             try:
                 _ = request.prompt
-                ready.append((index, encode_instance(request, self._image_bytes(request.image))))
+                data = self._image_bytes(request.image)
+                width, height = image_size(data, self.image_limits)  # the header only: the server's pixel budget
+                ready.append((index, encode_instance(request, data), width * height))
             except (OSError, ValueError) as exc:
                 results[index] = GenerationResult.failure(str(exc))
         for chunk in self._chunks(ready):
-            for index, result in self._send(chunk):
+            for index, result in self._send([(index, instance) for index, instance, _ in chunk]):
                 results[index] = result
         return results  # type: ignore[return-value]
 
@@ -92,22 +97,25 @@ class RemoteBackend:
                 raise ValueError(f"no such image file: {path}")
             data = path.read_bytes()
         if len(data) > self.image_limits.max_bytes:
-            raise ValueError(f"image is {len(data):,} bytes, over the {self.image_limits.max_bytes:,}-byte limit")
+            raise ValueError(f"image is over the {self.image_limits.max_bytes:,}-byte limit")
         return data
 
-    def _chunks(self, ready: list[tuple[int, dict[str, Any]]]) -> list[list[tuple[int, dict[str, Any]]]]:
-        """Whole batches, split only to stay under the server's body and item limits."""
+    def _chunks(self, ready: list[tuple[int, dict[str, Any], int]]) -> list[list[tuple[int, dict[str, Any], int]]]:
+        """Whole batches, split only to stay under the server's body, item and pixel limits."""
         budget = self.settings.max_request_bytes - 1024
-        chunks: list[list[tuple[int, dict[str, Any]]]] = []
-        current: list[tuple[int, dict[str, Any]]] = []
-        size = 0
+        pixel_budget = self.image_limits.max_request_pixels
+        chunks: list[list[tuple[int, dict[str, Any], int]]] = []
+        current: list[tuple[int, dict[str, Any], int]] = []
+        size = pixels = 0
         for entry in ready:
             entry_size = len(entry[1]["image"]["b64"]) + 512
-            if current and (size + entry_size > budget or len(current) >= self.settings.max_items_per_request):
+            full = size + entry_size > budget or pixels + entry[2] > pixel_budget
+            if current and (full or len(current) >= self.settings.max_items_per_request):
                 chunks.append(current)
-                current, size = [], 0
+                current, size, pixels = [], 0, 0
             current.append(entry)
             size += entry_size
+            pixels += entry[2]
         if current:
             chunks.append(current)
         return chunks

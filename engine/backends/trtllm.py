@@ -23,8 +23,6 @@ module loads (and its non-TensorRT parts are tested) on machines without it.
 from __future__ import annotations
 
 import argparse
-import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,58 +31,46 @@ from typing import Any, Protocol
 import torch
 import xgrammar as xgr
 
-from engine.backend import EngineError, GenerationRequest, GenerationResult, TransientEngineError
-from engine.images import ImageError, expand_to_square, load_image, pad_color
+from engine.backend import EngineError, GenerationResult, TransientEngineError
+from engine.backends.decoding import StepControl
+from engine.backends.local import LocalBackend, Row
 from engine.prompts import IMAGE_TOKEN
-from engine.results import result_from_tokens
 from engine.settings import ImageLimits
-from engine.structured import GrammarCache, SchemaError, apply_bitmask
-
-log = logging.getLogger(__name__)
 
 POST_PROCESSOR = "llava_labeler_row_hook"
 
 
 class RowHook:
-    """One row's decoding control, called once per step with that step's logits (in place).
+    """One row's decoding control for TensorRT-LLM, called once per step with that step's logits (in place).
 
-    It gives the TensorRT-LLM path the transformers backend's semantics: log-probabilities
-    under the model's unmasked distribution, special tokens banned, and the grammar
-    matcher (if any) advanced by each chosen token and masking the next step.
+    The engine calls it per row and per step with the sequence so far, so it first accepts
+    the token chosen since its last call, then masks this step: the shared `StepControl`
+    of one row, so the answer means what it means on the transformers backend.
     """
 
-    def __init__(self, matcher: xgr.GrammarMatcher | None, banned: Sequence[int], prompt_len: int) -> None:
-        self.matcher = matcher
-        self.banned = torch.tensor(sorted(banned), dtype=torch.long)
+    def __init__(self, matcher: xgr.GrammarMatcher | None, banned: Sequence[int], prompt_len: int, *, eos_id: int, max_new_tokens: int) -> None:
+        self.control = StepControl([matcher], [max_new_tokens], banned, eos_id)
         self.prompt_len = prompt_len
-        self.logprobs: list[float] = []
-        self._last: torch.Tensor | None = None
-        self._bitmask: torch.Tensor | None = None
+
+    @property
+    def logprobs(self) -> list[float]:
+        return self.control.logprobs[0]
 
     def __call__(self, logits: torch.Tensor, sequence: Sequence[int]) -> None:
         """`logits`: this step's 1-D scores (modified in place); `sequence`: prompt plus tokens so far."""
         self._catch_up(sequence[self.prompt_len :])
-        self._last = torch.log_softmax(logits.float(), dim=-1)
-        logits[self.banned[self.banned < logits.shape[-1]].to(logits.device)] = float("-inf")
-        if self.matcher is not None and not self.matcher.is_terminated():
-            if self._bitmask is None:
-                self._bitmask = xgr.allocate_token_bitmask(1, logits.shape[-1])
-            self.matcher.fill_next_token_bitmask(self._bitmask, 0)
-            apply_bitmask(logits.view(1, -1), self._bitmask, [0])
+        self.control.mask(logits.view(1, -1))
 
     def finish(self, generated: Sequence[int]) -> list[float]:
-        """The log-probability of every generated token (the last one's step has no later call)."""
+        """The log-probability of every accepted token (the last one's step has no later call)."""
         self._catch_up(generated)
         return self.logprobs
 
     def _catch_up(self, generated: Sequence[int]) -> None:
         for token in generated[len(self.logprobs) :]:
-            if self._last is None:
-                raise EngineError("the engine produced a token before the logits post-processor ran")
-            self.logprobs.append(float(self._last[token]))
-            if self.matcher is not None and not self.matcher.is_terminated():
-                if not self.matcher.accept_token(int(token)):
-                    log.warning("grammar rejected token %d; the row's JSON check will fail it", token)
+            if self.control.finished[0]:
+                return
+            self.control.accept([int(token)])
 
 
 @dataclass
@@ -115,15 +101,7 @@ class EngineRunner(Protocol):
         ...
 
 
-@dataclass
-class _Row:
-    index: int
-    request: GenerationRequest
-    image: Any
-    matcher: xgr.GrammarMatcher | None
-
-
-class TRTLLMBackend:
+class TRTLLMBackend(LocalBackend):
     """LLaVA-1.5 on TensorRT-LLM engines, with the transformers backend's prompts, pixels and constraints."""
 
     def __init__(
@@ -136,21 +114,16 @@ class TRTLLMBackend:
         max_batch_size: int = 16,
         image_limits: ImageLimits | None = None,
     ) -> None:
+        super().__init__(
+            processor.tokenizer,
+            processor.image_processor,
+            image_tokens=image_tokens,
+            logits_size=runner.logits_size,
+            max_batch_size=max_batch_size,
+            image_limits=image_limits,
+        )
         self.runner = runner
-        self.tokenizer = processor.tokenizer
-        self.image_processor = processor.image_processor
         self.model_id = model_id
-        self.image_tokens = image_tokens
-        self.max_batch_size = max_batch_size
-        self.image_limits = image_limits or ImageLimits()
-        self.eos_id = self.tokenizer.eos_token_id
-        self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.grammars = GrammarCache(self.tokenizer, runner.logits_size)
-        self.pad_color = pad_color(self.image_processor.image_mean)
-        special = {tid for tid in self.tokenizer.all_special_ids if tid != self.eos_id}
-        special.add(self.image_token_id)
-        self.banned = sorted(special | set(range(len(self.tokenizer), runner.logits_size)))
-        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, engine_dir: str | Path, **kwargs: Any) -> "TRTLLMBackend":
@@ -170,26 +143,7 @@ class TRTLLMBackend:
         processor = AutoProcessor.from_pretrained(root / "hf")
         return cls(TensorRTRunner(root), processor, model_id=root.name, image_tokens=image_tokens, **kwargs)
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """One result per request, in order; bad items fail alone, the rest of the batch runs."""
-        results: list[GenerationResult | None] = [None] * len(requests)
-        rows = []
-        for index, request in enumerate(requests):
-            try:
-                image = expand_to_square(load_image(request.image, self.image_limits), self.pad_color)
-                matcher = self.grammars.matcher(request.schema) if request.schema is not None else None
-                _ = request.prompt
-                rows.append(_Row(index, request, image, matcher))
-            except (ImageError, SchemaError, ValueError) as exc:
-                results[index] = GenerationResult.failure(str(exc))
-        with self._lock:
-            for start in range(0, len(rows), self.max_batch_size):
-                chunk = rows[start : start + self.max_batch_size]
-                for row, result in zip(chunk, self._run(chunk)):
-                    results[row.index] = result
-        return results  # type: ignore[return-value]
-
-    def _run(self, rows: list[_Row]) -> list[GenerationResult]:
+    def _run(self, rows: list[Row]) -> list[GenerationResult]:
         pixels = self.image_processor(images=[row.image for row in rows], return_tensors="pt")["pixel_values"]
         try:
             features = self.runner.encode_images(pixels)
@@ -197,13 +151,12 @@ class TRTLLMBackend:
             outputs = self.runner.decode(engine_rows)
         except torch.OutOfMemoryError as exc:
             raise TransientEngineError(f"out of memory generating a batch of {len(rows)}: {exc}") from None
-        results = []
-        for row, engine_row, tokens in zip(rows, engine_rows, outputs):
-            logprobs = engine_row.hook.finish(tokens)
-            results.append(result_from_tokens(row.request, tokens, logprobs, tokenizer=self.tokenizer, eos_id=self.eos_id))
-        return results
+        return [
+            self._result(row.request, tokens, engine_row.hook.finish(tokens))
+            for row, engine_row, tokens in zip(rows, engine_rows, outputs, strict=True)
+        ]
 
-    def _engine_row(self, row: _Row, features: torch.Tensor) -> EngineRow:
+    def _engine_row(self, row: Row, features: torch.Tensor) -> EngineRow:
         """The prompt tokenized whole (as the transformers processor does), its image token replaced by fake ids."""
         ids = self.tokenizer(row.request.prompt, add_special_tokens=True).input_ids
         if ids.count(self.image_token_id) != 1:
@@ -219,7 +172,7 @@ class TRTLLMBackend:
             temperature=request.temperature,
             top_p=request.top_p,
             seed=request.seed,
-            hook=RowHook(row.matcher, self.banned, prompt_len=len(input_ids)),
+            hook=RowHook(row.matcher, self.banned, len(input_ids), eos_id=self.eos_id, max_new_tokens=request.max_new_tokens),
         )
 
 

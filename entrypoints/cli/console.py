@@ -1,7 +1,6 @@
-"""The `llava-labeler ui` command: checks the console's exposure, then becomes `streamlit run ui/app.py`.
+"""The `llava-labeler ui` command: checks the console's exposure, then becomes `streamlit run entrypoints/console.py`.
 
-Mounted by the root CLI (labeler/cli.py, the composition root); nothing of Streamlit is
-imported until the command runs, so the rest of the CLI stays fast.
+Nothing of Streamlit is imported until the command runs, so the rest of the CLI stays fast.
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from engine.cli import fail
+from entrypoints.cli.errors import fail
 
-APP = Path(__file__).with_name("app.py")
+APP = Path(__file__).parents[1] / "console.py"
 
 
 def ui(
@@ -23,7 +22,7 @@ def ui(
     port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (default: settings ui.port, 8501).")] = None,
 ) -> None:
     """Start the review console (Streamlit): jobs, the review queue, browse, models, export."""
-    from engine.settings import get_settings
+    from entrypoints.settings import get_settings
     from ui.access import ExposureError, check_exposure
 
     settings = get_settings()

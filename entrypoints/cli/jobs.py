@@ -1,9 +1,8 @@
-"""Job commands of the `llava-labeler` CLI: submit, status, pause, resume, cancel, retry-failed,
-export, worker and run.
+"""Job commands: submit, status, pause, resume, cancel, retry-failed, export, worker and run.
 
 They are thin: each calls `labeler.service.Labeler` and prints. Errors a person must fix
 (a missing source, an unknown job, a malformed manifest line) end in one line through
-`engine.cli.fail`. Heavy imports happen inside the commands, so `--help` stays fast.
+`fail`. Heavy imports happen inside the commands, so `--help` stays fast.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from engine.cli import fail, read_json_file
+from entrypoints.cli.errors import fail, read_json_file
 
 JobId = Annotated[int, typer.Argument(help="Job id (see `status`).")]
 Source = Annotated[str, typer.Argument(help="Directory, glob, .jsonl manifest (path or URL), or s3:// gs:// http(s):// URL.")]
@@ -34,14 +33,14 @@ Extensions = Annotated[Optional[list[str]], typer.Option("--ext", help="File ext
 
 
 def _labeler():
+    from entrypoints.settings import get_settings
     from labeler.service import Labeler
 
-    labeler = Labeler()
-    return Labeler(labeler.settings_for_new_jobs())  # jobs run (and are attributed to) the active version
+    return Labeler(Labeler(get_settings()).settings_for_new_jobs())  # jobs run (and are attributed to) the active version
 
 
 def _spec(task, instruction, schema, options, unanswerable, max_new_tokens, temperature):
-    from engine.settings import get_settings
+    from entrypoints.settings import get_settings
     from labeler.jobs import JobSpec
 
     schema_obj = read_json_file(schema, "schema") if schema else None
@@ -97,6 +96,8 @@ def _follow(labeler, job_id: int, poll_s: float = 0.5):
     """A progress bar until the job finishes (or stops making progress because it is paused)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from labeler.models import JobState
+
     status = labeler.status(job_id)
     columns = (
         TextColumn("job {task.fields[job]} {task.fields[state]}"),
@@ -112,7 +113,7 @@ def _follow(labeler, job_id: int, poll_s: float = 0.5):
             status = labeler.status(job_id)
             finished = status.done + status.failed + status.cancelled
             bar.update(task, completed=finished, total=status.total, state=status.status, failed=status.failed)
-            if status.finished or status.status == "paused":
+            if status.finished or status.status == JobState.PAUSED:
                 return status
             time.sleep(poll_s)
 
@@ -240,7 +241,7 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a worker: processes batches from the queue until stopped (SIGTERM: finish the batch, then stop)."""
-    from engine.settings import get_settings
+    from entrypoints.settings import get_settings
     from labeler.db import open_database
     from labeler.worker import start_worker
 
@@ -291,56 +292,6 @@ def run(
     typer.echo(f"after review: llava-labeler export {status.id} --format llava (reviewed labels for training)")
 
 
-def retrain(
-    full: Annotated[bool, typer.Option("--full", help="Finetune all LLM weights (default: LoRA).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count new reviews and say what would run; change nothing.")] = False,
-    min_reviews: Annotated[Optional[int], typer.Option(min=1, help="New reviews needed (default: settings).")] = None,
-    margin: Annotated[Optional[float], typer.Option(help="Score gain a candidate needs (default: settings).")] = None,
-) -> None:
-    """Finetune the active model on new reviews; promote it only if it beats the active one by the margin.
-
-    Exit 0: promoted, rejected or too few reviews; 1: an error (active model unchanged); 3: another retrain runs.
-    """
-    from engine.settings import get_settings
-    from labeler.locks import LockHeld
-    from labeler.retrain import RetrainError
-    from labeler.service import Labeler, RegistryError
-
-    settings = get_settings()
-    overrides = {key: value for key, value in (("min_reviews", min_reviews), ("margin", margin)) if value is not None}
-    labeler = Labeler(settings.model_copy(update={"retrain": settings.retrain.model_copy(update=overrides)}))
-    try:
-        outcome = labeler.retrain(full=full, dry_run=dry_run, echo=typer.echo)
-    except LockHeld as exc:
-        fail(f"another retrain is running: {exc}", code=3)
-    except (RetrainError, RegistryError) as exc:
-        fail(str(exc))
-    typer.echo(f"{outcome.decision}: {outcome.reason}")
-
-
-def loop_demo(
-    model: Annotated[Path, typer.Option(help="The weak model (`demo-model --withhold-colour ...`).")] = Path("build/weak-model"),
-    out: Annotated[Path, typer.Option(help="A fresh directory for the demo's data, database, models and report.")] = Path(
-        "build/loop-demo"
-    ),
-    withhold_colour: Annotated[list[str], typer.Option(help="A colour the weak model never saw (repeat).")] = ["purple", "orange"],
-    batch_images: Annotated[int, typer.Option(min=10, help="Fresh images to label and review.")] = 600,
-    heldout_images: Annotated[int, typer.Option(min=10, help="Held-out images to measure on.")] = 300,
-) -> None:
-    """One turn of the closed loop on the shapes world: label, review (simulated), retrain, measure before and after."""
-    from engine.settings import get_settings
-    from labeler.loop_demo import LoopDemoError, LoopSizes, run_loop_demo
-    from labeler.retrain import RetrainError
-    from labeler.subcommands import CommandFailed
-
-    sizes = LoopSizes(batch_images=batch_images, heldout_images=heldout_images)
-    try:
-        run_loop_demo(model, out, tuple(withhold_colour), get_settings(), sizes=sizes, echo=typer.echo)
-    except (LoopDemoError, RetrainError, CommandFailed) as exc:
-        fail(str(exc))
-    typer.echo(f"report: {out / 'loop_report.md'} and {out / 'loop_report.json'}")
-
-
 def register(app: typer.Typer) -> None:
     """Mount the job commands on the root CLI."""
     app.command()(submit)
@@ -351,5 +302,3 @@ def register(app: typer.Typer) -> None:
     app.command()(export)
     app.command()(worker)
     app.command()(run)
-    app.command("loop-demo")(loop_demo)
-    app.command()(retrain)

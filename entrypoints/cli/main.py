@@ -1,9 +1,8 @@
-"""The `llava-labeler` command: the one CLI, composed from each package's commands.
+"""The `llava-labeler` command: the root Typer app and the explicit list of command modules.
 
-Each package exposes `register(app)` and declares it under the `llava_labeler.commands`
-entry-point group (pyproject.toml); they are mounted here through the installed
-metadata, so every command is one `llava-labeler …` away and this module imports no
-package above it (ui and training depend on labeler and engine, never the reverse).
+Each module in `COMMAND_MODULES` mounts its commands with `register(app)`; a new
+command is one line here, visible without reinstalling anything. The modules import
+their heavy dependencies inside the commands, so `llava-labeler --help` stays fast.
 """
 
 from __future__ import annotations
@@ -11,10 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
+
+from entrypoints.cli import console, jobs, predict, retrain, serve, train
 
 app = typer.Typer(
     name="llava-labeler",
@@ -37,9 +37,9 @@ def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Lo
         hf_logging.disable_progress_bar()
 
 
-COMMAND_GROUP = "llava_labeler.commands"
-for _entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda entry: entry.name):
-    _entry.load()(app)
+COMMAND_MODULES = (predict, serve, jobs, retrain, train, console)
+for _module in COMMAND_MODULES:
+    _module.register(app)
 
 
 def outage(exc: BaseException) -> str | None:
@@ -49,7 +49,7 @@ def outage(exc: BaseException) -> str | None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import InterfaceError, OperationalError
 
-    from engine.settings import get_settings
+    from entrypoints.settings import get_settings
 
     settings = get_settings()
     if isinstance(exc, (OperationalError, InterfaceError)):

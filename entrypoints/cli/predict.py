@@ -1,38 +1,17 @@
-"""Engine commands of the `llava-labeler` CLI: `predict` and `model init-tiny`.
-
-Commands fail with a one-line message on stderr and a non-zero exit code, never a
-traceback: `fail` is the single way out for an error a person must fix.
-"""
+"""Engine commands: `predict` (one image, one answer) and `model init-tiny`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from engine.prompts import TASKS
+from entrypoints.cli.errors import fail, read_json_file
 
 model_app = typer.Typer(help="Create and inspect model checkpoints.", no_args_is_help=True)
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Exit with a one-line error on stderr."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def read_json_file(path: Path, what: str) -> object:
-    """A JSON file's content, or a one-line failure naming the file and the problem."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        fail(f"{what} file not found: {path}")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read {what} file {path}: {exc}")
-    except json.JSONDecodeError as exc:
-        fail(f"{what} file {path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
 
 
 def predict(
@@ -45,9 +24,10 @@ def predict(
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
 ) -> None:
     """Label one image and print the result as one JSON object."""
-    from engine.backend import EngineError, GenerationRequest, load_backend
+    from engine.backend import EngineError, GenerationRequest
+    from engine.backends import load_backend
     from engine.images import ImageError, load_image
-    from engine.settings import get_settings
+    from entrypoints.settings import get_settings
     from engine.structured import SchemaError, check_schema
 
     chosen = task or ("json" if schema else "vqa" if question else "caption")
@@ -68,7 +48,7 @@ def predict(
             temperature=temperature,
         )
         _ = request.prompt  # render now: a missing question fails before the model loads
-        backend = load_backend(model or settings.engine.model, image_limits=settings.images)
+        backend = load_backend(settings, model=model)
     except (ImageError, SchemaError, EngineError, ValueError) as exc:
         fail(str(exc))
     result = backend.generate([request])[0]
@@ -94,10 +74,7 @@ def init_tiny(
 
 
 def register(app: typer.Typer) -> None:
-    """Mount the engine's commands on the root CLI."""
+    """Mount `predict` and `model` on the root CLI."""
     app.command()(predict)
     app.add_typer(model_app, name="model")
-    from engine import serving_cli  # serve, engine build (kept apart: they import the server stack lazily)
-
-    serving_cli.register(app)
 

@@ -8,11 +8,11 @@ built by `engine build` (TensorRT-LLM backend, GPU only). Options override the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from engine.cli import fail
+from entrypoints.cli.errors import fail
 
 engine_app = typer.Typer(help="Compile models for serving (TensorRT-LLM, GPU only).", no_args_is_help=True)
 
@@ -28,41 +28,30 @@ def serve(
 ) -> None:
     """Serve LLaVA-1.5 as a KServe predictor: v1, v2 and OpenAI-compatible routes, Prometheus /metrics."""
     from engine.backend import EngineError
-    from engine.settings import get_settings
+    from engine.backends import load_backend
+    from entrypoints.settings import get_settings
 
     if backend not in ("hf", "trtllm"):
         fail(f"unknown backend {backend!r}; expected hf or trtllm")
     settings = get_settings()
     overrides = {"host": host, "port": port, "model_name": name, "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms}
     serving = settings.serving.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    source = model or settings.engine.model
-    try:
-        loaded = _load(backend, source, settings)  # type: ignore[arg-type]
-    except EngineError as exc:
-        fail(str(exc))
+    from engine.predictor import ExposureError, check_exposure
     from engine.predictor import serve as run_server
 
+    try:
+        check_exposure(serving)
+        loaded = load_backend(
+            settings, model=model, kind=backend,  # type: ignore[arg-type]
+            max_batch_size=max(settings.engine.max_batch_size, serving.max_batch_size),
+        )  # fmt: skip
+    except (ExposureError, EngineError) as exc:
+        fail(str(exc))
     try:
         run_server(loaded, settings=serving, image_limits=settings.images, fetch_policy=settings.fetch,
                    announce=lambda line: typer.echo(line))
     except OSError as exc:
         fail(f"cannot listen on {serving.host}:{serving.port}: {exc.strerror or exc}")
-
-
-def _load(backend: Literal["hf", "trtllm"], source: str, settings):
-    if backend == "trtllm":
-        from engine.backends.trtllm import TRTLLMBackend
-
-        return TRTLLMBackend.load(source, image_limits=settings.images, max_batch_size=settings.serving.max_batch_size)
-    from engine.backends.hf import HFBackend
-
-    return HFBackend.load(
-        source,
-        device=settings.engine.device,
-        dtype=settings.engine.dtype,
-        image_limits=settings.images,
-        max_batch_size=max(settings.engine.max_batch_size, settings.serving.max_batch_size),
-    )
 
 
 @engine_app.command("build")

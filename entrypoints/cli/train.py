@@ -1,7 +1,7 @@
 """Training commands of the `llava-labeler` CLI: `data shapes`, `train`, `eval`, `demo-model`.
 
 Heavy imports (torch, transformers) happen inside the commands, so `llava-labeler
---help` stays fast. Errors a person must fix end in one line via `engine.cli.fail`.
+--help` stays fast. Errors a person must fix end in one line via `fail`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from engine.cli import fail
+from entrypoints.cli.errors import fail
+from entrypoints.cli.model_options import model_options
+from training.config import TrainConfig
 
 WithholdColours = Annotated[
     Optional[list[str]],
@@ -47,82 +49,20 @@ def data_shapes(
     typer.echo(f"shapes world written to {out}: {json.dumps(counts)}")
 
 
-def train(
-    stage: Annotated[str, typer.Option(help="pretrain (stage 1: projector only) | finetune (stage 2: projector + LLM).")],
-    model: Annotated[str, typer.Option(help="Checkpoint to start from (llava-hf format dir or hub id).")],
-    data: Annotated[Path, typer.Option(help="LLaVA conversation JSON (or JSONL).")],
-    out: Annotated[Path, typer.Option(help="Where the trained checkpoint goes.")],
-    images: Annotated[Optional[Path], typer.Option(help="Directory the records' image paths are relative to.")] = None,
-    lora: Annotated[bool, typer.Option(help="Stage 2 with LoRA on the LLM (paper: r 128, alpha 256, lr 2e-4).")] = False,
-    lora_r: int = 128,
-    lora_alpha: int = 256,
-    merge_lora: Annotated[bool, typer.Option(help="Merge LoRA into the weights (else save the adapter).")] = True,
-    train_vision_tower: Annotated[bool, typer.Option(help="Also train the CLIP tower (models trained from scratch).")] = False,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: the paper's for the stage).")] = None,
-    projector_lr: Annotated[Optional[float], typer.Option(help="Projector learning rate (LoRA default 2e-5).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Global batch (default: 256 stage 1, 128 stage 2).")] = None,
-    per_device_batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    epochs: Annotated[float, typer.Option(min=0.0)] = 1.0,
-    max_steps: Annotated[int, typer.Option(help="Stop after this many optimizer steps (-1: epochs decide).")] = -1,
-    stop_at_loss: Annotated[
-        Optional[float], typer.Option(help="End early once a logged training loss is at or under this (--max-steps stays the cap).")
-    ] = None,
-    warmup_ratio: float = 0.03,
-    weight_decay: float = 0.0,
-    max_length: Annotated[int, typer.Option(help="Longer samples are counted as bad, not truncated.")] = 2048,
-    gradient_checkpointing: bool = True,
-    group_by_length: Annotated[bool, typer.Option(help="Batch samples of similar token length together.")] = True,
-    deepspeed: Annotated[Optional[Path], typer.Option(help="DeepSpeed config (training/deepspeed/zero2.json, zero3.json).")] = None,
-    save_steps: Annotated[int, typer.Option(help="Checkpoint every N steps for --resume (0: never).")] = 500,
-    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint under OUT/checkpoints.")] = False,
-    max_bad_fraction: Annotated[float, typer.Option(help="Fail when more than this share of records is bad.")] = 0.0,
-    logging_steps: int = 10,
-    seed: int = 0,
-) -> None:
+@model_options(TrainConfig, into="config", config_file=True)
+def train(config: TrainConfig) -> None:
     """Train LLaVA-1.5 (stage 1 or 2, full or LoRA) and save a llava-hf checkpoint the engine loads."""
     from engine.backend import EngineError
     from training.records import DataError
-    from training.train import TrainConfig, TrainingError, run_training
+    from training.config import TrainingError
+    from training.train import run_training
 
-    if stage not in ("pretrain", "finetune"):
-        fail(f"unknown stage {stage!r}; expected pretrain or finetune")
-    if deepspeed is not None and not deepspeed.is_file():
-        fail(f"DeepSpeed config not found: {deepspeed}")
-    config = TrainConfig(
-        stage=stage,  # type: ignore[arg-type]
-        model=model,
-        data=data,
-        out=out,
-        images=images,
-        lora=lora,
-        lora_r=lora_r,
-        lora_alpha=lora_alpha,
-        merge_lora=merge_lora,
-        train_vision_tower=train_vision_tower,
-        learning_rate=lr,
-        projector_lr=projector_lr,
-        global_batch_size=batch_size,
-        per_device_batch_size=per_device_batch_size,
-        epochs=epochs,
-        max_steps=max_steps,
-        stop_at_loss=stop_at_loss,
-        warmup_ratio=warmup_ratio,
-        weight_decay=weight_decay,
-        max_length=max_length,
-        gradient_checkpointing=gradient_checkpointing,
-        group_by_length=group_by_length,
-        deepspeed=deepspeed,
-        save_steps=save_steps,
-        resume=resume,
-        max_bad_fraction=max_bad_fraction,
-        logging_steps=logging_steps,
-        seed=seed,
-    )
     try:
         metrics = run_training(config)
     except (DataError, TrainingError, EngineError) as exc:
         fail(str(exc))
     if metrics:
+        out = config.out
         typer.echo(f"checkpoint written to {out} (final loss {metrics['final_loss']}); metrics in {out / 'train_metrics.json'}")
 
 
@@ -134,13 +74,15 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
 ) -> None:
     """Run the engine over an evaluation file (batched) and print a table per question type."""
-    from engine.backend import EngineError, load_backend
+    from engine.backend import EngineError
+    from engine.backends import load_backend
+    from entrypoints.settings import get_settings
     from training.eval_runner import format_table, load_items, run_eval
     from training.records import DataError
 
     try:
         items = load_items(data)
-        backend = load_backend(model, max_batch_size=batch_size)
+        backend = load_backend(get_settings(), model=model, max_batch_size=batch_size)
         table, outputs = _with_progress(lambda tick: run_eval(backend, items, images, batch_size=batch_size, progress=tick), len(items))
     except (DataError, EngineError) as exc:
         fail(str(exc))
@@ -164,12 +106,15 @@ def demo_model(
     force: Annotated[bool, typer.Option(help="Rebuild even when OUT already holds a model.")] = False,
     strict: Annotated[bool, typer.Option(help="Exit 1 when the model misses the demo's quality targets.")] = False,
     withhold_colour: WithholdColours = None,
+    baseline: Annotated[
+        Optional[Path], typer.Option(help="A demo model to print the scores beside (default: the shipped one).")
+    ] = Path("training/demo_model"),
 ) -> None:
     """Train the demo model from scratch on the shapes world (stage 1 + stage 2) and print its scores.
 
     Missed quality targets are reported, and the model is kept (it is usable, only weaker);
     `--strict` turns them into a failure, for a quality gate."""
-    from training.demo import Recipe, build_demo, missed_targets
+    from training.demo import Recipe, build_demo, compare_scores, missed_targets
     from training.shapes_data import check_withheld
 
     if (out / "config.json").exists() and not force:
@@ -180,6 +125,9 @@ def demo_model(
     except ValueError as exc:
         fail(str(exc))
     scores = build_demo(out, Recipe(withheld_colours=tuple(withhold_colour or ())), echo=typer.echo)
+    shipped = baseline / "demo_metrics.json" if baseline else None
+    if shipped is not None and shipped.is_file() and shipped.resolve() != (out / "demo_metrics.json").resolve():
+        typer.echo(f"beside {baseline}:\n" + compare_scores(scores, json.loads(shipped.read_text())["scores"]))
     missed = missed_targets(scores)
     if withhold_colour:  # weak on purpose: the targets are for the full model
         typer.echo(f"a deliberately weak model: {', '.join(withhold_colour)} never appeared in its image-text data")

@@ -98,7 +98,7 @@ def test_fetches_from_loopback_only_when_private_addresses_are_allowed(server: s
 def test_localhost_by_name_is_refused(server: str) -> None:
     port = server.rsplit(":", 1)[1]
     with pytest.raises(FetchRefused, match="localhost resolves to .*loopback"):
-        fetch_bytes(f"http://localhost:{port}/image.png")
+        fetch_bytes(f"http://localhost:{port}/image.png", FetchPolicy())
     assert _Handler.seen == []
 
 
@@ -125,7 +125,7 @@ def test_localhost_by_name_is_refused(server: str) -> None:
 )
 def test_internal_addresses_are_refused(url: str, words: str) -> None:
     with pytest.raises(FetchRefused, match=words):
-        fetch_bytes(url)
+        fetch_bytes(url, FetchPolicy())
 
 
 @pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"])
@@ -167,7 +167,7 @@ def test_connects_to_the_address_it_checked(server: str, monkeypatch: pytest.Mon
 def test_one_internal_address_among_public_ones_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_dns(monkeypatch, {"mixed.test": [["93.184.216.34", "127.0.0.1"]]})
     with pytest.raises(FetchRefused, match="mixed.test resolves to 127.0.0.1, a loopback address"):
-        fetch_bytes("http://mixed.test/x.png")
+        fetch_bytes("http://mixed.test/x.png", FetchPolicy())
 
 
 def test_redirects_are_followed_and_each_hop_is_checked(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,10 +178,10 @@ def test_redirects_are_followed_and_each_hop_is_checked(server: str, monkeypatch
     monkeypatch.setattr(fetch, "address_refusal", lambda ip: None if str(ip) == "127.0.0.1" else real(ip))
     _Handler.seen.clear()
     with pytest.raises(FetchRefused, match=r"http://127\.0\.0\.2:\d+/image\.png: 127\.0\.0\.2 resolves to 127\.0\.0\.2, a loopback"):
-        fetch_bytes(f"{server}/redirect?to=http://127.0.0.2:{port}/image.png")
+        fetch_bytes(f"{server}/redirect?to=http://127.0.0.2:{port}/image.png", FetchPolicy())
     assert [path for path, _ in _Handler.seen] == [f"/redirect?to=http://127.0.0.2:{port}/image.png"]
     with pytest.raises(FetchRefused, match="only http and https"):
-        fetch_bytes(f"{server}/redirect?to=file:///etc/passwd")
+        fetch_bytes(f"{server}/redirect?to=file:///etc/passwd", FetchPolicy())
 
 
 def test_redirect_loops_end(server: str) -> None:

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from engine.settings import Settings
+from entrypoints.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = Path(sys.executable).with_name("llava-labeler")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine.settings import get_settings
-from labeler.cli import app
+from entrypoints.settings import get_settings
+from entrypoints.cli.main import app
 
 SCHEMA = Path(__file__).parents[1] / "data" / "schemas" / "shapes.json"
 

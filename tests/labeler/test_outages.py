@@ -27,7 +27,7 @@ def _cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
         "LLAVA_LABELER_BROKER_URL": f"sqla+sqlite:///{tmp_path}/data/broker.db",
         **env,
     }
-    command = [sys.executable, "-c", "from labeler.cli import main; main()", *args]
+    command = [sys.executable, "-m", "entrypoints", *args]
     return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.settings import RetrainSettings, RolloutSettings, Settings
+from labeler.settings import RetrainSettings, RolloutSettings
+from entrypoints.settings import Settings
 from labeler import jobs, locks
 from labeler.batches import BatchProcessor
 from labeler.jobs import JobSpec

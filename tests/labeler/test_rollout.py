@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from engine.settings import RolloutSettings
+from labeler.settings import RolloutSettings
 from labeler.rollout import RolloutError, is_ready, roll_out, storage_uri
 
 NAMESPACE, NAME = "labeling", "llava-labeler"

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.backend import GenerationRequest, TransientEngineError, load_backend
+from engine.backend import GenerationRequest, TransientEngineError
 from engine.backends.remote import RemoteBackend
-from engine.settings import ServingSettings, get_settings
+from engine.settings import ImageLimits, ServingSettings
+from entrypoints.settings import get_settings
+from labeler.worker import load_engine
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 FAST = ServingSettings(client_retries=2, client_backoff_s=0.01, client_timeout_s=60)
@@ -124,14 +126,23 @@ def test_whole_batches_split_only_at_the_size_limit(scripted, png):
     assert sum(Scripted.calls) == 5 and max(Scripted.calls) < 5 and len(Scripted.calls) > 1
 
 
+def test_batches_split_at_the_predictors_pixel_budget(scripted, png):
+    """The predictor refuses a request whose images hold more pixels together than its budget (413):
+    the worker's client splits its batch there instead of losing it."""
+    images = [png(color, (100, 100)) for color in ("red", "green", "blue", "yellow", "purple")]
+    remote = RemoteBackend(scripted, settings=FAST, image_limits=ImageLimits(max_request_pixels=25_000))
+    results = remote.generate([GenerationRequest(image=image) for image in images])
+    assert Scripted.calls == [2, 2, 1] and all(result.ok for result in results)
+
+
 def test_one_setting_switches_a_worker_to_remote(monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("LLAVA_LABELER_ENGINE__MODEL", str(tiny_model_dir))
     monkeypatch.setenv("LLAVA_LABELER_ENGINE__URL", "http://127.0.0.1:1")
     get_settings.cache_clear()
     try:
-        assert isinstance(load_backend(), RemoteBackend)
+        assert isinstance(load_engine(get_settings()), RemoteBackend)
         monkeypatch.delenv("LLAVA_LABELER_ENGINE__URL")
         get_settings.cache_clear()
-        assert type(load_backend(str(tiny_model_dir))).__name__ == "HFBackend"
-        assert isinstance(load_backend(url="http://127.0.0.1:2"), RemoteBackend)
+        assert type(load_engine(get_settings())).__name__ == "HFBackend"
     finally:
         get_settings.cache_clear()

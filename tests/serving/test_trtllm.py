@@ -26,7 +26,7 @@ from engine.model import load_model
 from engine.trtllm_build import BuildError, BuildPlan, llava_image_tokens, run_plan
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-CLI = [sys.executable, "-c", "from labeler.cli import main; main()"]
+CLI = [sys.executable, "-m", "entrypoints"]
 
 
 class HFEngineRunnerFake:
@@ -108,7 +108,7 @@ def test_adapter_counts_576_image_tokens_for_llava_15(tmp_path):
 def test_row_hook_masks_with_the_grammar_and_records_unmasked_logprobs(adapter):
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
     tokenizer = adapter.tokenizer
-    hook = RowHook(adapter.grammars.matcher(schema), adapter.banned, prompt_len=3)
+    hook = RowHook(adapter.grammars.matcher(schema), adapter.banned, 3, eos_id=adapter.eos_id, max_new_tokens=8)
     logits = torch.randn(adapter.runner.logits_size)
     raw = torch.log_softmax(logits.clone(), -1)
     hook(logits, [7, 8, 9])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from labeler.cli import app
+from entrypoints.cli.main import app
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,7 @@ def test_commands_are_mounted_and_help_does_not_import_torch():
     result = CliRunner().invoke(app, ["--help"])
     for command in ("data", "train", "eval", "demo-model"):
         assert command in result.output
-    code = "import sys, labeler.cli; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+    code = "import sys, entrypoints.cli.main; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -47,7 +47,7 @@ def test_two_process_ddp_run_on_cpu(tiny_model_dir, shapes_dir, tmp_path):
         str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", str(bin_dir / "llava-labeler"),
         "train", "--stage", "finetune", "--model", str(tiny_model_dir), "--data", str(shapes_dir / "finetune.json"),
         "--images", str(shapes_dir / "images"), "--out", str(out), "--batch-size", "8", "--per-device-batch-size", "2",
-        "--max-steps", "3", "--save-steps", "0", "--lr", "1e-3", "--no-gradient-checkpointing",
+        "--max-steps", "3", "--save-steps", "0", "--learning-rate", "1e-3", "--no-gradient-checkpointing",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": str(bin_dir)})
     assert result.returncode == 0, result.stderr[-3000:]

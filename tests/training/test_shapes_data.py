@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from engine import prompts
 from engine.structured import GrammarCache
-from labeler.cli import app
+from entrypoints.cli.main import app
 from training.shapes_data import CAPTION_INSTRUCTIONS, QUESTION_TYPES, STAGE2_WEIGHTS, TYPE_WEIGHTS, write_dataset
 from training.world import COLOURS, SHAPES, shapes_schema
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from engine.model import checkpoint_keys, load_model
-from labeler.cli import app
+from entrypoints.cli.main import app
 
 FAST = ["--batch-size", "4", "--per-device-batch-size", "4", "--save-steps", "0", "--logging-steps", "1"]
 
@@ -52,7 +52,7 @@ def _check_checkpoint(out: Path, steps: int) -> dict:
 def test_stage1_trains_only_the_projector(tiny_model_dir, shapes_dir, tmp_path):
     out = tmp_path / "stage1"
     result = _train("--stage", "pretrain", "--model", str(tiny_model_dir), "--data", str(shapes_dir / "pretrain.json"),
-                    "--images", str(shapes_dir / "images"), "--out", str(out), "--max-steps", "3", "--lr", "1e-2")  # fmt: skip
+                    "--images", str(shapes_dir / "images"), "--out", str(out), "--max-steps", "3", "--learning-rate", "1e-2")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "48 records, 48 usable, 0 bad" in result.output
     metrics = _check_checkpoint(out, 3)
@@ -64,7 +64,7 @@ def test_stage1_trains_only_the_projector(tiny_model_dir, shapes_dir, tmp_path):
 
 def test_a_run_ends_early_at_the_loss_it_was_asked_to_reach(tiny_model_dir, shapes_dir, tmp_path):
     common = ["--stage", "pretrain", "--model", str(tiny_model_dir), "--data", str(shapes_dir / "pretrain.json"),
-              "--images", str(shapes_dir / "images"), "--max-steps", "3", "--lr", "1e-2"]  # fmt: skip
+              "--images", str(shapes_dir / "images"), "--max-steps", "3", "--learning-rate", "1e-2"]  # fmt: skip
     reached = _train(*common, "--out", str(tmp_path / "reached"), "--stop-at-loss", "1000")
     assert reached.exit_code == 0, reached.output
     assert _check_checkpoint(tmp_path / "reached", 1)["stopped_at_loss"] == 1
@@ -75,7 +75,7 @@ def test_a_run_ends_early_at_the_loss_it_was_asked_to_reach(tiny_model_dir, shap
 
 def test_stage2_trains_projector_and_llm_and_optionally_the_tower(tiny_model_dir, shapes_dir, tmp_path):
     common = ["--stage", "finetune", "--model", str(tiny_model_dir), "--data", str(shapes_dir / "finetune.json"),
-              "--images", str(shapes_dir / "images"), "--max-steps", "2", "--lr", "1e-3"]  # fmt: skip
+              "--images", str(shapes_dir / "images"), "--max-steps", "2", "--learning-rate", "1e-3"]  # fmt: skip
     result = _train(*common, "--out", str(tmp_path / "full"), "--no-gradient-checkpointing")
     assert result.exit_code == 0, result.output
     _check_checkpoint(tmp_path / "full", 2)
@@ -89,7 +89,7 @@ def test_stage2_trains_projector_and_llm_and_optionally_the_tower(tiny_model_dir
 
 
 def test_lora_is_merged_into_a_plain_checkpoint_or_kept_as_an_adapter(tiny_model_dir, shapes_dir, tmp_path):
-    common = ["--stage", "finetune", "--lora", "--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-2", "--projector-lr", "1e-2",
+    common = ["--stage", "finetune", "--lora", "--lora-r", "4", "--lora-alpha", "8", "--learning-rate", "1e-2", "--projector-lr", "1e-2",
               "--model", str(tiny_model_dir), "--data", str(shapes_dir / "finetune.json"),
               "--images", str(shapes_dir / "images"), "--max-steps", "2"]  # fmt: skip
     result = _train(*common, "--out", str(tmp_path / "merged"))

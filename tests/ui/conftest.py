@@ -24,16 +24,17 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
-from engine.settings import Settings, get_settings
+from entrypoints.settings import Settings, get_settings
 from labeler import jobs
 from labeler.batches import BatchProcessor
 from labeler.db import open_database
 from labeler.jobs import JobSpec
 from labeler.models import Prediction, Review
 from labeler.service import Labeler
+from ui import login_throttle
 
 REPO = Path(__file__).resolve().parents[2]
-APP = REPO / "ui" / "app.py"
+APP = REPO / "entrypoints" / "console.py"
 SHAPES_SCHEMA = json.loads((REPO / "tests" / "data" / "schemas" / "shapes.json").read_text())
 JSON_SPEC = JobSpec(task="json", instruction="Describe the main shape.", schema=SHAPES_SCHEMA, max_new_tokens=48)
 CAPTION_SPEC = JobSpec(task="caption", max_new_tokens=6)
@@ -160,6 +161,27 @@ def pg_console(tmp_path: Path, tiny_model_dir: Path, tiny_backend, console_pg_da
     return make_console(tmp_path, tiny_model_dir, tiny_backend, console_pg_database, captions=False)
 
 
+class ManualClock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def login_clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    """A login throttle of this test's own (the real one lives as long as the process), on a clock the test moves."""
+    clock = ManualClock()
+    monkeypatch.setattr(login_throttle, "THROTTLE", login_throttle.LoginThrottle(clock))
+    return clock
+
+
 @pytest.fixture
 def open_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AppTest]]:
     """open_app(console, page=None, sign_in_as=None, **ui) -> the console under AppTest on that database, after a first run.
@@ -186,7 +208,7 @@ def open_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AppTest]
             app.text_input[1].input(PASSWORD)
             app.button[0].click().run()
         if page:
-            app.switch_page(f"views/{page}.py").run()
+            app.switch_page(f"../ui/views/{page}.py").run()
         return app
 
     yield open_

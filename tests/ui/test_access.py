@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.settings import UISettings
-from ui.access import ExposureError, check_exposure, is_loopback
+from engine.fetch import is_loopback
+from ui.access import ExposureError, check_exposure
+from ui.settings import UISettings
 
 CLI = Path(sys.executable).with_name("llava-labeler")
 
@@ -34,13 +35,42 @@ def test_password_login_is_required_and_names_the_reviewer(console, open_app) ->
     app.button[0].click().run()
     assert page_titles(app) == ["Jobs"] and "Signed in as **alice**" in [c.value for c in app.sidebar.caption]
 
-    app.switch_page("views/review.py").run()
+    app.switch_page("../ui/views/review.py").run()
     task = app.session_state["review.task"]
     app.button(key=f"reject-{task.prediction_id}").click().run()
     assert console.reviews() == {task.prediction_id: ("reject", None, "alice")}
 
     app.sidebar.button[0].click().run()  # sign out
     assert page_titles(app) == ["llava-labeler review console"]
+
+
+def sign_in(app, name: str, password: str) -> str | None:
+    """Submit the login form; the error it shows (None: signed in)."""
+    app.text_input[0].input(name)
+    app.text_input[1].input(password)
+    app.button[0].click().run()
+    return app.error[0].value if app.error else None
+
+
+def test_wrong_passwords_slow_down_then_lock_sign_in_across_sessions(console, open_app, login_clock) -> None:
+    app = open_app(console, auth="password", password="s3cret-pass")
+    assert [sign_in(app, "mallory", f"guess-{n}") for n in range(3)] == ["Wrong password."] * 3, "three free tries"
+    refused = sign_in(app, "mallory", "s3cret-pass")
+    assert refused.endswith("Try again in 1 s.") and page_titles(app) == ["llava-labeler review console"], (
+        "a delayed try is refused before the password is compared, even the right one"
+    )
+    for n in range(3, 10):  # each wrong try as soon as it is allowed: 1 s, 2 s, ... 64 s
+        login_clock.advance(2 ** (n - 3))
+        assert sign_in(app, "mallory", f"guess-{n}") == "Wrong password."
+    login_clock.advance(600)
+    assert sign_in(app, "mallory", "s3cret-pass").endswith("Try again in 5 min 0 s."), "ten failures lock for 15 min"
+
+    other_session = open_app(console, auth="password", password="s3cret-pass")
+    assert "Try again in 5 min 0 s." in sign_in(other_session, "bob", "s3cret-pass"), (
+        "a new session of the same client, under another name, is still locked"
+    )
+    login_clock.advance(300)
+    assert sign_in(other_session, "bob", "s3cret-pass") is None and page_titles(other_session) == ["Jobs"]
 
 
 def test_oidc_shows_only_the_login_button(console, open_app) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from labeler.review import PredictionFilter
 
@@ -51,6 +54,10 @@ def test_browse_searches_and_filters_items_with_thumbnails(console, open_app) ->
     assert "14 matching items" in app.caption[0].value
     done = sum(console.labeler.status(job).done for job in (console.json_job, console.caption_job))
     assert len(app.image) == done, "a thumbnail per done item (failed ones show their reason)"
+    for thumbnail in app.image:
+        (url,) = thumbnail.value
+        assert url.startswith("data:image/png;base64,"), "thumbnails travel inside the page, never through /media/"
+        assert max(Image.open(io.BytesIO(base64.b64decode(url.partition(",")[2]))).size) <= 256
     assert len(app.error) == 14 - done and "not an image" in app.error[0].value
     app.text_input(key="browse.search").input("shape-3").run()
     table = app.dataframe[0].value
@@ -125,8 +132,8 @@ def test_every_page_explains_an_empty_database(empty_console, open_app) -> None:
         "export": "No jobs to export yet",
     }
     for page, info in expected.items():
-        app.switch_page(f"views/{page}.py").run()
+        app.switch_page(f"../ui/views/{page}.py").run()
         assert not app.exception, page
         assert info is None or info in app.info[0].value, page
-    app.switch_page("views/browse.py").run()
+    app.switch_page("../ui/views/browse.py").run()
     assert app.caption[0].value.startswith("0 matching items")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import getpass
 import time
 
@@ -123,9 +125,10 @@ def test_filters_select_what_the_queue_hands_out(console, open_app) -> None:
     assert shown(app).job_id == console.caption_job
 
     confidences = sorted(p.confidence for p in predictions.values() if p.job_id == console.caption_job)
-    app.number_input(key="review.min").set_value(confidences[2]).run()
+    # the filters take the geometric-mean probability a person reads (stored: the mean log-probability)
+    app.number_input(key="review.min").set_value(math.exp(confidences[2]) - 1e-12).run()
     assert shown(app).confidence == confidences[2], "the least confident item at or above the minimum"
-    app.number_input(key="review.max").set_value(confidences[2] - 0.5).run()
+    app.number_input(key="review.max").set_value(math.exp(confidences[2]) / 2).run()
     assert shown(app) is None and "Nothing to review" in app.info[0].value
     app.number_input(key="review.max").set_value(None).run()
     app.number_input(key="review.min").set_value(None).run()
@@ -150,6 +153,14 @@ def test_filters_select_what_the_queue_hands_out(console, open_app) -> None:
         seen.add(task.prediction_id)
         app.button(key=f"skip-{task.prediction_id}").click().run()
     assert len(seen) == 4, "skipped items do not come back in this session"
+
+
+def test_confidence_reads_as_a_probability_with_the_raw_value_on_hover(console, open_app) -> None:
+    app = review_page(open_app, console)
+    task = shown(app)
+    metric = next(m for m in app.metric if m.label == "Confidence")
+    assert metric.value == f"{math.exp(task.confidence):.1%}"
+    assert f"mean token log-probability {task.confidence:.3f}" in metric.proto.help
 
 
 def _all_tasks(console):

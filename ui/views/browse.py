@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import streamlit as st
 
-from labeler.service import BrowseQuery, BrowseRow, label_text
+from labeler.service import BrowseQuery, BrowseRow, ItemState, label_text, probability
 from ui import context, filters, images
 
 PAGE_SIZE = 24
 COLUMNS = 4
-ITEM_STATES = ["any", "pending", "running", "done", "failed", "cancelled"]
+ITEM_STATES = ["any", *ItemState]
 
 labeler = context.labeler()
 st.title("Browse")
@@ -55,7 +55,7 @@ with table:
                 "image": row.uri,
                 "status": row.item_status,
                 "model": row.model_version,
-                "confidence": row.confidence,
+                "confidence": probability(row.confidence),
                 "answer": answer(row),
                 "review": row.decision,
                 "reviewer": row.reviewer,
@@ -65,4 +65,5 @@ with table:
         ],
         hide_index=True,
         width="stretch",
+        column_config={"confidence": st.column_config.NumberColumn(format="percent", help="Geometric-mean token probability.")},
     )

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import streamlit as st
 
-from labeler.service import JobError, JobStatus
+from labeler.service import RUNNABLE_JOB_STATES, JobError, JobState, JobStatus
 from ui import context
 
 LISTED = 50
@@ -30,11 +30,11 @@ def act(job: JobStatus, verb: str, run: Callable[[int], object]) -> None:
 
 def actions(job: JobStatus) -> None:
     pause, resume, retry, cancel = st.columns(4)
-    if job.status in ("submitting", "queued", "running"):
+    if job.status in RUNNABLE_JOB_STATES:
         pause.button("Pause", key=f"pause-{job.id}", on_click=act, args=(job, "pause", labeler.pause))
-    if job.status == "paused":
+    if job.status == JobState.PAUSED:
         resume.button("Resume", key=f"resume-{job.id}", on_click=act, args=(job, "resume", labeler.resume))
-    if job.failed and job.status != "cancelled":
+    if job.failed and job.status != JobState.CANCELLED:
         retry.button("Retry failed", key=f"retry-{job.id}", on_click=act, args=(job, "retry failed", labeler.retry_failed))
     if not job.finished:
         with cancel.popover("Cancel"):

@@ -13,7 +13,7 @@ import json
 
 import streamlit as st
 
-from labeler.service import ReviewError, ReviewTask
+from labeler.service import Decision, ReviewError, ReviewTask, probability
 from ui import context, filters, images, schema_form
 
 TASK_KEY, FILTER_KEY, SKIPPED_KEY, NOTICE_KEY = "review.task", "review.filter", "review.skipped", "review.notice"
@@ -91,8 +91,14 @@ picture, detail = st.columns([3, 2], gap="large")
 with picture:
     images.show(task.uri, caption=task.uri)
 with detail:
-    confidence = "unknown" if task.confidence is None else f"{task.confidence:.3f}"
-    st.markdown(f"**Job #{task.job_id}** · {task.task} · item {task.item_id} · confidence {confidence}")
+    st.markdown(f"**Job #{task.job_id}** · {task.task} · item {task.item_id}")
+    likely = probability(task.confidence)
+    st.metric(
+        "Confidence",
+        "unknown" if likely is None else f"{likely:.1%}",
+        help="The geometric-mean probability of the answer's tokens"
+        + ("" if task.confidence is None else f" (mean token log-probability {task.confidence:.3f})."),
+    )
     st.markdown("**Instruction**")
     st.write(task.question or "(the task's default instruction)")
     st.markdown("**Model output**")
@@ -104,9 +110,9 @@ with detail:
     pid = task.prediction_id
     accept, reject, skip_button = st.columns(3)
     if accept.button("Accept", key=f"accept-{pid}", type="primary", shortcut="A", width="stretch"):
-        save(task, "accept")
+        save(task, Decision.ACCEPT)
     if reject.button("Reject", key=f"reject-{pid}", shortcut="X", width="stretch"):
-        save(task, "reject")
+        save(task, Decision.REJECT)
     if skip_button.button("Skip", key=f"skip-{pid}", shortcut="S", width="stretch"):
         skip(task)
 
@@ -120,5 +126,5 @@ with detail:
     for problem in problems:
         st.error(problem)
     if st.button("Save edit", key=f"save-{pid}", disabled=bool(problems), shortcut="Ctrl+Enter", width="stretch"):
-        save(task, "accept" if value == model_output(task) else "edit", None if value == model_output(task) else value)
+        save(task, Decision.ACCEPT if value == model_output(task) else Decision.EDIT, None if value == model_output(task) else value)
     st.caption("Keys: A accept · X reject · S skip · Ctrl+Enter save edit")

@@ -1,0 +1,1 @@
+"""The `llava-labeler` command line: `main.py` lists the command modules beside it."""
