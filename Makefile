@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Bump INSTALL_VERSION when the install recipe below changes; pyproject.toml changes are seen on their own.
-INSTALL_VERSION := 1
+INSTALL_VERSION := 2
 DEPS_HASH := $(shell (cat pyproject.toml; echo $(INSTALL_VERSION)) | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.deps-$(DEPS_HASH)
 # The shipped demo model (a tiny LLaVA-1.5 trained on the shapes world, 4.7 MB); `make demo-model` rebuilds one.
@@ -21,6 +21,8 @@ $(STAMP):
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The original LLaVA code, a test oracle only (prompts, pixels): its own dependencies pin an old torch.
+	$(BIN)/python -m pip install -q --no-deps llava-torch==1.2.2.post1
 	rm -f $(VENV)/.deps-*
 	touch $@
 
@@ -61,7 +63,15 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: install $(CHROMIUM)
+# The real LLaMA/Vicuna tokenizer is rebuilt from the npm package that embeds its vocabulary (no model hub here).
+NPM := /usr/bin/npm
+$(NPM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm
+LLAMA_TOKENIZER := build/llama-tokenizer/llama-tokenizer-js-1.2.2.tgz
+$(LLAMA_TOKENIZER): | $(NPM)
+	mkdir -p $(@D) && npm pack --loglevel=error --pack-destination $(@D) llama-tokenizer-js@1.2.2
+
+test: install $(CHROMIUM) $(LLAMA_TOKENIZER)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -144,8 +144,12 @@ def load_image(source: bytes | str | Path, limits: ImageLimits | None = None) ->
 
 
 def pad_color(image_mean: Sequence[float]) -> tuple[int, int, int]:
-    """The processor's mean colour as 0..255 RGB (LLaVA pads with it)."""
-    r, g, b = (int(round(channel * 255)) for channel in image_mean[:3])
+    """The processor's mean colour as 0..255 RGB, truncated as the original LLaVA's `process_images` does.
+
+    LLaVA-1.5 was trained on squares padded with `int(x * 255)`: (122, 116, 104) for CLIP, not the rounded
+    (123, 117, 104), so inference pads with the same colour the weights saw.
+    """
+    r, g, b = (int(channel * 255) for channel in image_mean[:3])
     return (r, g, b)
 
 

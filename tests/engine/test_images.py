@@ -108,7 +108,6 @@ def test_animation_takes_the_first_frame():
 
 def test_expand_to_square_pads_with_the_mean_colour_and_keeps_the_image_centred():
     color = pad_color([0.48145466, 0.4578275, 0.40821073])
-    assert color == (123, 117, 104)
     wide = expand_to_square(Image.new("RGB", (40, 20), (255, 0, 0)), color)
     assert wide.size == (40, 40)
     assert wide.getpixel((20, 0)) == color and wide.getpixel((20, 39)) == color
@@ -118,6 +117,13 @@ def test_expand_to_square_pads_with_the_mean_colour_and_keeps_the_image_centred(
     assert tall.size == (30, 30) and tall.getpixel((0, 15)) == color and tall.getpixel((15, 15)) == (0, 0, 255)
     square = Image.new("RGB", (16, 16))
     assert expand_to_square(square, color) is square
+
+
+def test_pad_color_truncates_the_mean_as_the_original_llava_does():
+    """LLaVA's `process_images` pads with `tuple(int(x*255) for x in image_mean)`: CLIP's mean is (122, 116, 104), not (123, 117, 104)."""
+    clip_mean = [0.48145466, 0.4578275, 0.40821073]
+    assert pad_color(clip_mean) == (122, 116, 104) == tuple(int(x * 255) for x in clip_mean)
+    assert pad_color([0.999, 0.5, 0.0, 0.7]) == (254, 127, 0)  # rounding would give 255 and 128; a 4th channel is ignored
 
 
 def test_image_size_reads_the_header_only():
