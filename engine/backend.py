@@ -13,55 +13,68 @@ batch impossible right now (engine unreachable, out of memory) raise
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.prompts import Task, build_instruction, build_prompt
 
 FinishReason = Literal["stop", "length", "error"]
 
 
-@dataclass(frozen=True, kw_only=True)
-class GenerationOptions:
-    """What to ask of an image: everything of a request but the image (a labeler job stores one for all its items)."""
+DEFAULT_MAX_NEW_TOKENS = 128
+MAX_NEW_TOKENS_LIMIT = 4096
 
-    task: Task = "caption"
-    instruction: str | None = None
-    schema: dict[str, Any] | None = None
-    options: tuple[str, ...] | None = None
-    unanswerable: bool = False
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+class GenerationOptions(BaseModel):
+    """What to ask of an image: everything of a request but the image.
 
-    def option_fields(self) -> dict[str, Any]:
-        """The options as keyword arguments (for a request, or to store)."""
-        return {f.name: getattr(self, f.name) for f in fields(GenerationOptions)}
+    The one definition of the tasks, the defaults and the bounds: the predictor's wire format,
+    a job's stored options, the OpenAI mapping and the command-line options all are this model.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    task: Task = Field(default="caption", description="caption | vqa | json")
+    instruction: str | None = Field(
+        default=None, description="The question (vqa, json) or the caption instruction (default: the task's own)."
+    )
+    json_schema: dict[str, Any] | None = Field(
+        default=None, alias="schema", description="The JSON schema every answer satisfies (json task)."
+    )
+    choices: tuple[str, ...] | None = Field(
+        default=None, description="Multiple-choice options (vqa): the paper's lettered format."
+    )
+    unanswerable: bool = Field(default=False, description="Add the paper's 'Unanswerable' instruction (vqa).")
+    max_new_tokens: int = Field(
+        default=DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS_LIMIT, description="Token budget per answer."
+    )
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0: greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling (with a temperature above 0).")
+    seed: int | None = Field(default=None, description="Sampling seed (with a temperature above 0).")
 
     @property
     def prompt(self) -> str:
         """The full vicuna_v1 prompt these options render to (one source: engine.prompts)."""
         text = build_instruction(
-            self.task, self.instruction, schema=self.schema, options=self.options, unanswerable=self.unanswerable
+            self.task, self.instruction, schema=self.json_schema, choices=self.choices, unanswerable=self.unanswerable
         )
         return build_prompt(text)
 
 
-@dataclass(frozen=True, kw_only=True)
 class GenerationRequest(GenerationOptions):
     """One image and what to do with it."""
 
-    image: bytes | str | Path
+    image: bytes | str | Path = Field(repr=False)
+
+    @classmethod
+    def of(cls, options: GenerationOptions, image: bytes | str | Path) -> "GenerationRequest":
+        """The request asking `options` of `image`; raises ValueError when they make no prompt (vqa without a question)."""
+        request = cls(image=image, **options.model_dump(include=set(GenerationOptions.model_fields)))
+        _ = request.prompt  # render now: a request that cannot become a prompt fails before it is queued
+        return request
 
     @property
     def sampling_key(self) -> tuple[float, float]:

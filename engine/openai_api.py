@@ -25,12 +25,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.backend import GenerationResult, ServableBackend
+from engine.backend import GenerationOptions, GenerationResult, ServableBackend
 from engine.batcher import Overloaded, RequestTimeout
 from engine.prompts import IMAGE_TOKEN
 from engine.request_errors import ItemErrors, TooManyPixels
 from engine.settings import FetchPolicy
-from engine.wire import Options, error_text
+from engine.wire import error_text
 
 
 class ChatModel(Protocol):
@@ -40,7 +40,7 @@ class ChatModel(Protocol):
     backend: ServableBackend
     fetch_policy: FetchPolicy
 
-    async def run(self, items: Sequence[tuple[Options, bytes | str]], *, what: str = ...) -> list[GenerationResult]: ...
+    async def run(self, items: Sequence[tuple[GenerationOptions, bytes | str]], *, what: str = ...) -> list[GenerationResult]: ...
 
 
 class TextPart(BaseModel):
@@ -171,7 +171,7 @@ def _fetch(url: str, model: ChatModel) -> bytes:
         raise OpenAIError(400, f"could not fetch the image: {exc}", param="messages") from None
 
 
-def _options(chat: ChatCompletionRequest, text: str) -> Options:
+def _options(chat: ChatCompletionRequest, text: str) -> GenerationOptions:
     schema = None
     if chat.response_format is not None and chat.response_format.type == "json_schema":
         schema = chat.response_format.json_schema.json_schema
@@ -179,7 +179,7 @@ def _options(chat: ChatCompletionRequest, text: str) -> Options:
         schema = {"type": "object"}
     limit = chat.max_completion_tokens or chat.max_tokens
     try:
-        return Options(
+        return GenerationOptions(
             task="json" if schema is not None else "caption",
             instruction=text or None,
             schema=schema,
@@ -203,13 +203,12 @@ def _logprobs(result: GenerationResult, backend: ServableBackend) -> dict[str, l
     return {"content": content}
 
 
-def _completion(model: ChatModel, chat: ChatCompletionRequest, options: Options, result: GenerationResult) -> dict:
+def _completion(model: ChatModel, chat: ChatCompletionRequest, options: GenerationOptions, result: GenerationResult) -> dict:
     if result.finish_reason == "error":  # the engine refused the input itself (e.g. an image corrupt past its header)
         raise OpenAIError(400, result.error or "the engine could not use this request")
     if result.error and result.finish_reason != "length":
         raise OpenAIError(422, f"the model's answer does not satisfy the request: {result.error}", code="generation_failed")
-    prompt = options.to_request(b"").prompt
-    used = model.backend.prompt_tokens(prompt)
+    used = model.backend.prompt_tokens(options.prompt)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",

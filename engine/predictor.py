@@ -36,7 +36,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from engine.backend import GenerationRequest, GenerationResult, ServableBackend, TransientEngineError
+from engine.backend import GenerationOptions, GenerationRequest, GenerationResult, ServableBackend, TransientEngineError
 from engine.batcher import Batcher, Overloaded, RequestTimeout
 from engine.fetch import is_loopback
 from engine.images import ImageError, image_size
@@ -45,7 +45,7 @@ from engine.openai_api import openai_router
 from engine.settings import FetchPolicy, ImageLimits, ServingSettings
 from engine.request_errors import ItemErrors, TooManyPixels
 from engine.structured import SchemaError
-from engine.wire import ImageData, Options, WireError, parse_instances, parse_options
+from engine.wire import ImageData, WireError, parse_instances, parse_options
 
 # kserve.model_server parses the process's command line when it is imported; the
 # arguments of `llava-labeler serve` are not its own, so it sees none of them.
@@ -69,7 +69,7 @@ finally:
 class Parsed:
     """A decoded request on its way through preprocess -> predict -> postprocess."""
 
-    items: list[tuple[Options, bytes | str]]
+    items: list[tuple[GenerationOptions, bytes | str]]
     v2_id: str | None = None
     is_v2: bool = False
     results: list[GenerationResult] = field(default_factory=list)
@@ -99,7 +99,7 @@ class LlavaModel(kserve.Model):
             max_queue=settings.max_queue,
         )
 
-    async def run(self, items: Sequence[tuple[Options, bytes | str]], *, what: str = "instance") -> list[GenerationResult]:
+    async def run(self, items: Sequence[tuple[GenerationOptions, bytes | str]], *, what: str = "instance") -> list[GenerationResult]:
         """Check every item, then generate them through the batcher; `ItemErrors` when any is unusable."""
         requests, problems = await asyncio.to_thread(self._requests, items)
         if problems:
@@ -109,7 +109,7 @@ class LlavaModel(kserve.Model):
         except TransientEngineError as exc:
             raise Overloaded(f"the engine failed this batch, retry: {exc}") from None
 
-    def _requests(self, items: Sequence[tuple[Options, bytes | str]]) -> tuple[list[GenerationRequest], list[tuple[int, str]]]:
+    def _requests(self, items: Sequence[tuple[GenerationOptions, bytes | str]]) -> tuple[list[GenerationRequest], list[tuple[int, str]]]:
         """The engine requests and the unusable items' problems, from image headers only (nothing decoded here).
 
         Raises `TooManyPixels` when the images together are over the per-request budget.
@@ -120,7 +120,7 @@ class LlavaModel(kserve.Model):
                 data = image if isinstance(image, bytes) else _b64(image)
                 width, height = image_size(data, self.image_limits)
                 pixels += width * height
-                request = options.to_request(data)
+                request = GenerationRequest.of(options, data)
                 self.backend.check(request)
                 requests.append(request)
             except (WireError, ImageError, SchemaError, ValueError) as exc:
@@ -153,7 +153,7 @@ class LlavaModel(kserve.Model):
             raise WireError(f"{len(data)} images in one request; the limit is {self.settings.max_items_per_request}")
         options_input = request.get_input_by_name("request")
         if options_input is None:
-            options = [Options()] * len(data)
+            options = [GenerationOptions()] * len(data)
         else:
             raw = _flat(options_input.data)
             if len(raw) != len(data):

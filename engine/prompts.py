@@ -47,11 +47,11 @@ def schema_text(schema: dict[str, Any]) -> str:
     return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 
-def multiple_choice(question: str, options: Sequence[str]) -> str:
+def multiple_choice(question: str, choices: Sequence[str]) -> str:
     """The paper's multiple-choice format: question, `A. ...` lines, then the letter prompt."""
-    if not 2 <= len(options) <= len(OPTION_LETTERS):
-        raise ValueError(f"multiple choice needs 2 to {len(OPTION_LETTERS)} options, got {len(options)}")
-    lines = [question, *(f"{OPTION_LETTERS[i]}. {option}" for i, option in enumerate(options)), MULTIPLE_CHOICE]
+    if not 2 <= len(choices) <= len(OPTION_LETTERS):
+        raise ValueError(f"multiple choice needs 2 to {len(OPTION_LETTERS)} choices, got {len(choices)}")
+    lines = [question, *(f"{OPTION_LETTERS[i]}. {choice}" for i, choice in enumerate(choices)), MULTIPLE_CHOICE]
     return "\n".join(lines)
 
 
@@ -60,14 +60,14 @@ def build_instruction(
     instruction: str | None = None,
     *,
     schema: dict[str, Any] | None = None,
-    options: Sequence[str] | None = None,
+    choices: Sequence[str] | None = None,
     unanswerable: bool = False,
 ) -> str:
     """Map a task to the text of the user's turn (without the image token).
 
     - caption: the instruction, or LLaVA-1.5's short-caption prompt;
     - vqa: the question plus the short-answer prompt, or the multiple-choice format when
-      `options` are given; `unanswerable` adds the paper's 'Unanswerable' line first;
+      `choices` are given; `unanswerable` adds the paper's 'Unanswerable' line first;
     - json: the question plus the schema the answer must follow.
     """
     if task == "caption":
@@ -75,8 +75,8 @@ def build_instruction(
     if task == "vqa":
         if not instruction:
             raise ValueError("a vqa task needs a question (instruction)")
-        if options:
-            return multiple_choice(instruction, options)
+        if choices:
+            return multiple_choice(instruction, choices)
         lines = [instruction, *([UNANSWERABLE] if unanswerable else []), SHORT_ANSWER]
         return "\n".join(lines)
     if task == "json":

@@ -28,12 +28,12 @@ def result_from_tokens(
         token_logprobs=logprobs,
         token_ids=tokens,
     )
-    if request.schema is None:
+    if request.json_schema is None:
         return result
     if not stopped:
         result.error = f"length: the JSON answer was cut off at max_new_tokens={request.max_new_tokens}"
         return result
-    result.json, reason = parse_and_validate(result.text, request.schema)
+    result.json, reason = parse_and_validate(result.text, request.json_schema)
     if reason:
         result.error = reason
     return result

@@ -57,7 +57,6 @@ class EngineSettings(BaseModel):
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     dtype: str = Field(default="auto", description="auto | float32 | bfloat16 | float16")
     max_batch_size: int = 16
-    max_new_tokens: int = 128
 
 
 class ServingSettings(BaseModel):

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engine.backend import GenerationRequest, GenerationResult
-
-MAX_NEW_TOKENS_LIMIT = 4096
-
+from engine.backend import GenerationOptions, GenerationRequest, GenerationResult
 
 class WireError(ValueError):
     """A request that does not have the wire format's shape; the message names the field."""
@@ -39,37 +36,8 @@ class ImageData(BaseModel):
             raise WireError("image.b64 is not valid base64") from None
 
 
-class Options(BaseModel):
-    """Everything of a `GenerationRequest` except the image."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    task: Literal["caption", "vqa", "json"] = "caption"
-    instruction: str | None = None
-    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
-    options: list[str] | None = None
-    unanswerable: bool = False
-    max_new_tokens: int = Field(default=128, ge=1, le=MAX_NEW_TOKENS_LIMIT)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-
-    def to_request(self, image: bytes) -> GenerationRequest:
-        """The engine request; raises ValueError when the fields do not make a prompt (e.g. vqa without a question)."""
-        fields = self.model_dump(include=set(Options.model_fields) - {"json_schema", "options"})
-        options = tuple(self.options) if self.options else None
-        request = GenerationRequest(image=image, schema=self.json_schema, options=options, **fields)
-        _ = request.prompt  # render now: a request that cannot become a prompt fails before it is queued
-        return request
-
-    @classmethod
-    def from_request(cls, request: GenerationRequest) -> "Options":
-        fields = {name: getattr(request, name) for name in Options.model_fields if name not in ("json_schema", "options")}
-        return cls(schema=request.schema, options=list(request.options) if request.options else None, **fields)
-
-
-class Instance(Options):
-    """One v1 instance: the image plus its options."""
+class Instance(GenerationOptions):
+    """One v1 instance: the image plus its options (the engine's `GenerationOptions`, field for field)."""
 
     image: ImageData
 
@@ -96,7 +64,7 @@ def encode_image(data: bytes) -> dict[str, str]:
 
 def encode_instance(request: GenerationRequest, image: bytes) -> dict[str, Any]:
     """The v1 instance for `request` whose image file holds `image`."""
-    body = Options.from_request(request).model_dump(by_alias=True, exclude_defaults=True)
+    body = request.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"image"})
     return {"image": encode_image(image), **body}
 
 
@@ -119,10 +87,10 @@ def parse_instances(payload: Any, *, max_items: int) -> list[Instance]:
     return parsed
 
 
-def parse_options(raw: str | bytes) -> Options:
-    """One v2 `request` element (JSON text of an `Options`)."""
+def parse_options(raw: str | bytes) -> GenerationOptions:
+    """One v2 `request` element (JSON text of a `GenerationOptions`)."""
     try:
-        return Options.model_validate_json(raw)
+        return GenerationOptions.model_validate_json(raw)
     except ValidationError as exc:
         raise WireError(error_text(exc)) from None
 

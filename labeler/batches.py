@@ -87,14 +87,12 @@ class _Outcome:
 
 def generation_request(job: Job, question: str | None, image: bytes) -> GenerationRequest:
     """The engine request for one item of `job` (the item's question overrides the job's)."""
-    stored = dict(job.generation)
-    stored["options"] = tuple(stored["options"]) if stored.get("options") else None
     return GenerationRequest(
         image=image,
         task=job.task,  # type: ignore[arg-type]
         instruction=question or job.instruction,
-        schema=job.schema,
-        **stored,
+        json_schema=job.schema,
+        **job.generation,
     )
 
 
@@ -311,7 +309,7 @@ def _upsert_predictions(
                 "item_id": work.id,
                 "job_id": job_id,
                 "model_version_id": model_version_id,
-                "prompt_hash": prompt_hash(request.prompt, request.schema),
+                "prompt_hash": prompt_hash(request.prompt, request.json_schema),
                 "text": result.text,
                 "json": result.json,
                 "confidence": result.confidence,

@@ -156,7 +156,7 @@ def llava_records(
 ) -> Iterator[tuple[dict[str, Any], Row]]:
     """The job's labels as LLaVA-1.5 training records (reviewed ones only unless `include_unreviewed`;
     only `item_ids` when given), each with its row: the `llava` export and the retrain's data."""
-    options = job.generation.get("options")
+    choices = job.generation.get("choices")
     unanswerable = bool(job.generation.get("unanswerable", False))
     for row in iter_rows(db, job.id, done_only=True):
         if item_ids is not None and row.item.id not in item_ids:
@@ -168,7 +168,7 @@ def llava_records(
             job.task,  # type: ignore[arg-type]
             row.item.question or job.instruction,
             schema=job.schema,
-            options=options,
+            choices=choices,
             unanswerable=unanswerable,
         )
         record = {

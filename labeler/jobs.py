@@ -19,7 +19,6 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import delete, insert, select, update
 
 from engine.backend import GenerationOptions
-from engine.prompts import TASKS
 from labeler.settings import LabelerConfig
 from labeler.batches import finish_job_if_complete
 from labeler.db import Database
@@ -79,7 +78,6 @@ class JobStatus:
         return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in out.items()}
 
 
-@dataclass(frozen=True, kw_only=True)
 class JobSpec(GenerationOptions):
     """What to ask of every item: the engine's options, stored with the job (task, instruction and
     schema in their own columns, the rest as `generation`)."""
@@ -88,13 +86,11 @@ class JobSpec(GenerationOptions):
         """Refuse a spec that no item could run with, before anything is written."""
         from engine.structured import SchemaError, check_schema
 
-        if self.task not in TASKS:
-            raise JobError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
         if self.task == "json":
-            if self.schema is None:
+            if self.json_schema is None:
                 raise JobError("a json task needs a JSON schema (--schema)")
             try:
-                check_schema(self.schema)
+                check_schema(self.json_schema)
             except SchemaError as exc:
                 raise JobError(str(exc)) from None
         if self.task == "vqa" and not self.instruction:
@@ -105,11 +101,8 @@ class JobSpec(GenerationOptions):
             raise JobError(str(exc)) from None
 
     def generation(self) -> dict[str, Any]:
-        stored = self.option_fields()
-        for key in ("task", "instruction", "schema"):
-            stored.pop(key)
-        stored["options"] = list(self.options) if self.options else None
-        return stored
+        """The options without their own columns, as stored in `jobs.generation`."""
+        return self.model_dump(mode="json", exclude={"task", "instruction", "json_schema"})
 
 
 def job_status(job: Job, model_version: str | None, now: datetime | None = None) -> JobStatus:
@@ -185,7 +178,7 @@ def submit(
             source=source,
             task=spec.task,
             instruction=spec.instruction,
-            schema=spec.schema,
+            schema=spec.json_schema,
             generation=spec.generation(),
             model_version_id=version_for_uri(session, uri).id,
             batch_size=batch,

@@ -126,9 +126,9 @@ def _eval_item(record: dict[str, Any], job: Job, item: Item) -> dict[str, Any]:
         return {**base, "type": f"job{job.id}-json", "schema": job.schema, "truth": json.loads(label)}
     if job.task == "caption":
         return {**base, "type": f"job{job.id}-caption", "reference": label}
-    choices = job.generation.get("options")
+    choices = job.generation.get("choices")
     if choices:
-        return {**base, "type": f"job{job.id}-choice", "options": list(choices), "answer": _letter(label, choices)}
+        return {**base, "type": f"job{job.id}-choice", "choices": list(choices), "answer": _letter(label, choices)}
     if job.generation.get("unanswerable"):
         # build_instruction puts this line between the question and the short-answer prompt; so does this.
         base["question"] = f"{question}\n{UNANSWERABLE}"

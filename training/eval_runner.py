@@ -2,7 +2,7 @@
 
 An evaluation file is a JSON list of items: `id`, `image` (relative to the images
 directory), `type` (the row of the table), `task` (`vqa` | `json` | `caption`), `question`, and
-what the type is scored with: `answers` (VQA accuracy), `label` (POPE), `options` +
+what the type is scored with: `answers` (VQA accuracy), `label` (POPE), `choices` +
 `answer` (multiple choice), `schema` + `truth` (JSON), `reference` (captions and other
 free text: token F1 and exact match). The engine asks every question
 through the same `GenerationRequest` a labeling job uses, in batches, so the scores are
@@ -43,13 +43,12 @@ def load_items(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _request(item: dict[str, Any], images: Path) -> GenerationRequest:
-    options = tuple(item["options"]) if item.get("options") else None
     return GenerationRequest(
         image=images / item["image"],
         task=item["task"],
         instruction=item["question"],
-        schema=item.get("schema"),
-        options=options,
+        json_schema=item.get("schema"),
+        choices=item.get("choices"),
         max_new_tokens=MAX_NEW_TOKENS.get(item["task"], 64),
     )
 
@@ -68,9 +67,9 @@ def score(items: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[st
         elif "label" in first:
             metrics = pope_metrics(texts, [items[i]["label"] for i in rows])
             metrics = {"f1": metrics.pop("f1"), **metrics}
-        elif "options" in first:
+        elif "choices" in first:
             metrics = {
-                "accuracy": multiple_choice_accuracy(texts, [items[i]["answer"] for i in rows], [items[i]["options"] for i in rows])
+                "accuracy": multiple_choice_accuracy(texts, [items[i]["answer"] for i in rows], [items[i]["choices"] for i in rows])
             }
         elif "answers" in first:
             metrics = {"vqa_accuracy": sum(vqa_accuracy(t, items[i]["answers"]) for t, i in zip(texts, rows)) / len(rows)}
@@ -78,7 +77,7 @@ def score(items: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[st
             metrics = caption_metrics(texts, [items[i]["reference"] for i in rows])
         else:
             raise DataError(
-                f"evaluation item {first['id']}: type {kind!r} has no answers, label, options, schema or reference to score"
+                f"evaluation item {first['id']}: type {kind!r} has no answers, label, choices, schema or reference to score"
             )
         table[kind] = {"n": len(rows), **metrics}
     return table

@@ -90,14 +90,14 @@ class Question:
     task: str  # engine task: "vqa", "json" or "caption"
     question: str
     answer: str  # the reference answer text the model is trained to give
-    options: tuple[str, ...] | None = None
+    choices: tuple[str, ...] | None = None
     label: str | None = None  # POPE: "yes" / "no"
 
     @property
     def user_text(self) -> str:
         """The user's turn as the engine renders it (engine.prompts: one source of truth)."""
         schema = shapes_schema() if self.task == "json" else None
-        return prompts.build_instruction(self.task, self.question, schema=schema, options=self.options)  # type: ignore[arg-type]
+        return prompts.build_instruction(self.task, self.question, schema=schema, choices=self.choices)  # type: ignore[arg-type]
 
 
 def _noun(scene: Scene, *, colour: bool = False) -> str:
@@ -176,7 +176,7 @@ def _multiple_choice(scene: Scene, rng: random.Random) -> Question:
     options = [correct, *rng.sample([p for p in pool if p != correct], 3)]
     rng.shuffle(options)
     letter = prompts.OPTION_LETTERS[options.index(correct)]
-    return Question("mc", "vqa", text, letter, options=tuple(options))
+    return Question("mc", "vqa", text, letter, choices=tuple(options))
 
 
 def _json(scene: Scene, rng: random.Random) -> Question:
@@ -249,8 +249,8 @@ def eval_items(scene: Scene, rng: random.Random, image: str, index: int, prefix:
             "answer": q.answer,
             "truth": scene.truth(),
         }
-        if q.options:
-            item["options"] = list(q.options)
+        if q.choices:
+            item["choices"] = list(q.choices)
         if q.task == "json":
             item["schema"] = shapes_schema()
         if q.type in SHORT_TYPES:

@@ -84,8 +84,8 @@ class LocalBackend(ABC):
     def check(self, request: GenerationRequest) -> None:
         """Raise `SchemaError` or `ValueError` when `request` cannot run (its image is checked elsewhere)."""
         _ = request.prompt
-        if request.schema is not None:
-            self.grammars.compile(request.schema)
+        if request.json_schema is not None:
+            self.grammars.compile(request.json_schema)
 
     def prompt_tokens(self, prompt: str) -> int:
         """The prompt's length in LLM positions: text tokens, each image token counted as its features."""
@@ -102,7 +102,7 @@ class LocalBackend(ABC):
 
     def _prepare(self, index: int, request: GenerationRequest) -> Row:
         image = expand_to_square(load_image(request.image, self.image_limits), self.pad_color)
-        matcher = self.grammars.matcher(request.schema) if request.schema is not None else None
+        matcher = self.grammars.matcher(request.json_schema) if request.json_schema is not None else None
         _ = request.prompt  # a request that cannot become a prompt fails here, alone
         return Row(index, request, image, matcher)
 

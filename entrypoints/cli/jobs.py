@@ -14,19 +14,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from entrypoints.cli.errors import fail, read_json_file
+from engine.backend import GenerationOptions
+from entrypoints.cli.errors import fail
+from entrypoints.cli.request_options import request_options
 
 JobId = Annotated[int, typer.Argument(help="Job id (see `status`).")]
 Source = Annotated[str, typer.Argument(help="Directory, glob, .jsonl manifest (path or URL), or s3:// gs:// http(s):// URL.")]
-Task = Annotated[str, typer.Option(help="caption | vqa | json")]
-Instruction = Annotated[
-    Optional[str], typer.Option("--instruction", "--question", "-q", help="Question or caption instruction for every item.")
-]
-Schema = Annotated[Optional[Path], typer.Option(help="JSON schema file (json task): answers are constrained to it.")]
-Options = Annotated[Optional[list[str]], typer.Option("--option", help="Multiple-choice option (repeat; vqa).")]
-Unanswerable = Annotated[bool, typer.Option(help="Add the paper's 'Unanswerable' instruction (vqa).")]
-MaxNewTokens = Annotated[Optional[int], typer.Option(min=1, help="Token budget per answer (default: settings).")]
-Temperature = Annotated[float, typer.Option(min=0.0, help="0: greedy.")]
 BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Items per task (default: settings labeler.batch_size).")]
 Name = Annotated[Optional[str], typer.Option(help="A name to find the job by.")]
 Extensions = Annotated[Optional[list[str]], typer.Option("--ext", help="File extension to take from a directory (repeat).")]
@@ -39,22 +32,10 @@ def _labeler():
     return Labeler(Labeler(get_settings()).settings_for_new_jobs())  # jobs run (and are attributed to) the active version
 
 
-def _spec(task, instruction, schema, options, unanswerable, max_new_tokens, temperature):
-    from entrypoints.settings import get_settings
+def _spec(ask: GenerationOptions):
     from labeler.jobs import JobSpec
 
-    schema_obj = read_json_file(schema, "schema") if schema else None
-    if schema_obj is not None and not isinstance(schema_obj, dict):
-        fail(f"schema file {schema} must hold a JSON object")
-    return JobSpec(
-        task=task,
-        instruction=instruction,
-        schema=schema_obj,  # type: ignore[arg-type]
-        options=tuple(options) if options else None,
-        unanswerable=unanswerable,
-        max_new_tokens=max_new_tokens or get_settings().engine.max_new_tokens,
-        temperature=temperature,
-    )
+    return JobSpec.model_validate(ask.model_dump())
 
 
 def _submit(labeler, source, spec, name, batch_size, extensions):
@@ -124,15 +105,10 @@ def _print_failures(labeler, job_id: int) -> None:
         typer.echo(f"  failed: {item.uri}: {item.error}")
 
 
+@request_options
 def submit(
+    ask: GenerationOptions,
     source: Source,
-    task: Task = "caption",
-    instruction: Instruction = None,
-    schema: Schema = None,
-    option: Options = None,
-    unanswerable: Unanswerable = False,
-    max_new_tokens: MaxNewTokens = None,
-    temperature: Temperature = 0.0,
     batch_size: BatchSize = None,
     name: Name = None,
     ext: Extensions = None,
@@ -140,7 +116,7 @@ def submit(
 ) -> None:
     """Create a job from SOURCE and queue its items for the workers."""
     labeler = _labeler()
-    spec = _spec(task, instruction, schema, option, unanswerable, max_new_tokens, temperature)
+    spec = _spec(ask)
     status = _submit(labeler, source, spec, name, batch_size, ext)
     typer.echo(f"submitted: {_describe(status)}")
     if follow:
@@ -250,15 +226,10 @@ def worker(
     start_worker(settings, concurrency=concurrency, loglevel=loglevel)
 
 
+@request_options
 def run(
+    ask: GenerationOptions,
     source: Source,
-    task: Task = "caption",
-    instruction: Instruction = None,
-    schema: Schema = None,
-    option: Options = None,
-    unanswerable: Unanswerable = False,
-    max_new_tokens: MaxNewTokens = None,
-    temperature: Temperature = 0.0,
     batch_size: BatchSize = None,
     name: Name = None,
     ext: Extensions = None,
@@ -269,7 +240,7 @@ def run(
     from labeler.worker import InProcessWorker, load_engine
 
     labeler = _labeler()
-    spec = _spec(task, instruction, schema, option, unanswerable, max_new_tokens, temperature)
+    spec = _spec(ask)
     try:
         engine = load_engine(labeler.settings)
     except EngineError as exc:

@@ -51,7 +51,7 @@ def test_predict_with_a_schema_returns_parsed_json(tiny_model_dir):
         (lambda tmp, model: ["--model", str(tmp / "no-model"), "--image", str(IMAGE)], "no checkpoint at"),
         (lambda tmp, model: ["--model", model, "--image", str(IMAGE), "--schema", __file__], "is not valid JSON"),
         (lambda tmp, model: ["--model", model, "--image", str(IMAGE), "--task", "vqa"], "needs a question"),
-        (lambda tmp, model: ["--model", model, "--image", str(IMAGE), "--task", "ocr"], "unknown task 'ocr'"),
+        (lambda tmp, model: ["--model", model, "--image", str(IMAGE), "--task", "ocr"], "--task: Input should be 'caption', 'vqa' or 'json'"),
     ],
     ids=["missing-image", "not-an-image", "missing-model", "schema-not-json", "vqa-without-question", "bad-task"],
 )

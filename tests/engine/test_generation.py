@@ -26,7 +26,7 @@ REQUESTS = [
         image=image_bytes("green", shape="square"),
         task="vqa",
         instruction="Which shape is shown in the middle of this picture?",
-        options=("circle", "square", "star"),
+        choices=("circle", "square", "star"),
         max_new_tokens=9,
     ),
     GenerationRequest(image=image_bytes("yellow"), task="caption", instruction="Describe the picture.", max_new_tokens=15),
@@ -112,7 +112,7 @@ def test_a_bad_image_fails_only_its_own_item(tiny_backend):
 def test_sampling_is_reproducible_by_seed_and_differs_from_greedy(tiny_backend):
     def sample(seed):
         requests = [
-            GenerationRequest(image=r.image, task=r.task, instruction=r.instruction, options=r.options,
+            GenerationRequest(image=r.image, task=r.task, instruction=r.instruction, choices=r.choices,
                               max_new_tokens=10, temperature=1.0, top_p=0.95, seed=seed)
             for r in REQUESTS
         ]
@@ -120,7 +120,7 @@ def test_sampling_is_reproducible_by_seed_and_differs_from_greedy(tiny_backend):
 
     assert sample(1) == sample(1)
     assert sample(1) != sample(2)
-    greedy = [r.text for r in tiny_backend.generate([GenerationRequest(image=r.image, task=r.task, instruction=r.instruction, options=r.options, max_new_tokens=10) for r in REQUESTS])]
+    greedy = [r.text for r in tiny_backend.generate([GenerationRequest(image=r.image, task=r.task, instruction=r.instruction, choices=r.choices, max_new_tokens=10) for r in REQUESTS])]
     assert sample(1) != greedy
 
 

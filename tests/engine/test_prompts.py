@@ -43,7 +43,7 @@ def test_tasks_map_to_prompts():
         "What is written?\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n"
         "Answer the question using a single word or phrase."
     )
-    assert build_instruction("vqa", "Which shape?", options=["circle", "star"]) == (
+    assert build_instruction("vqa", "Which shape?", choices=["circle", "star"]) == (
         "Which shape?\nA. circle\nB. star\nAnswer with the option's letter from the given choices directly."
     )
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
@@ -58,7 +58,7 @@ def test_tasks_map_to_prompts():
     [
         (dict(task="vqa"), "needs a question"),
         (dict(task="json", instruction="x"), "needs a JSON schema"),
-        (dict(task="vqa", instruction="x", options=["only one"]), "2 to 26 options"),
+        (dict(task="vqa", instruction="x", choices=["only one"]), "2 to 26 choices"),
         (dict(task="ocr", instruction="x"), "unknown task 'ocr'"),
     ],
 )

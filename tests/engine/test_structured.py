@@ -7,6 +7,7 @@ import sys
 
 import jsonschema
 import pytest
+from pydantic import ValidationError
 import referencing.exceptions
 from PIL import Image
 
@@ -124,7 +125,6 @@ def test_json_cut_off_by_the_length_limit_is_a_failure_not_done(tiny_backend):
         ({"type": "strin"}, "invalid JSON schema at type"),
         ({"type": "object", "required": "name"}, "invalid JSON schema at required"),
         ({"type": "integer", "minimum": "zero"}, "invalid JSON schema at minimum"),
-        ([1, 2], "must be an object, got list"),
     ],
 )
 def test_invalid_schemas_are_rejected_with_the_problem_named(tiny_backend, schema, message):
@@ -132,6 +132,13 @@ def test_invalid_schemas_are_rejected_with_the_problem_named(tiny_backend, schem
         check_schema(schema)
     result = tiny_backend.generate([GenerationRequest(image=png(), task="json", schema=schema)])[0]
     assert result.finish_reason == "error" and message.split(" at ")[0] in result.error
+
+
+def test_a_schema_that_is_not_an_object_is_refused_by_the_request_itself():
+    with pytest.raises(SchemaError, match="must be an object, got list"):
+        check_schema([1, 2])
+    with pytest.raises(ValidationError, match="schema\n  Input should be a valid dictionary"):
+        GenerationRequest(image=png(), task="json", schema=[1, 2])
 
 
 def test_a_schema_xgrammar_cannot_compile_is_a_per_item_error(tiny_backend):

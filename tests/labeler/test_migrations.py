@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -50,6 +52,29 @@ def test_every_migration_up_and_down(database_url: str) -> None:
         assert not TABLES & set(inspect(engine).get_table_names())
         upgrade(engine)  # and up again from nothing
         assert _schema_diff(engine) == []
+    finally:
+        downgrade(engine, "base")
+        engine.dispose()
+
+
+def test_stored_multiple_choice_options_become_choices(database_url: str) -> None:
+    engine = make_engine(database_url)
+    counts = ("batch_size", "total", "done", "failed", "cancelled")
+    jobs = sa.table("jobs", sa.column("generation", sa.JSON), *(sa.column(c) for c in ("source", "task", "status", "created_at", *counts)))
+    row = {"source": "s", "task": "vqa", "status": "completed", "created_at": datetime.now(UTC), **dict.fromkeys(counts, 1)}
+
+    def stored() -> dict:
+        with engine.connect() as connection:
+            return connection.execute(sa.select(jobs.c.generation)).scalar_one()
+
+    try:
+        upgrade(engine, "0002")
+        with engine.begin() as connection:
+            connection.execute(sa.insert(jobs).values(generation={"options": ["a", "b"], "seed": 1}, **row))
+        upgrade(engine)
+        assert stored() == {"choices": ["a", "b"], "seed": 1}
+        downgrade(engine, "0002")
+        assert stored() == {"options": ["a", "b"], "seed": 1}
     finally:
         downgrade(engine, "base")
         engine.dispose()

@@ -84,7 +84,7 @@ def test_adapter_gives_the_transformers_backends_answers(adapter, tiny_backend, 
     requests = [
         GenerationRequest(image=DATA / "images" / "red-circle.png", max_new_tokens=8),
         GenerationRequest(image=DATA / "images" / "two-blue-squares.png", task="vqa", instruction="How many squares?",
-                          options=("one", "two", "three"), max_new_tokens=4),
+                          choices=("one", "two", "three"), max_new_tokens=4),
         GenerationRequest(image=DATA / "images" / "green-triangle.png", task="json", instruction="What is shown?",
                           schema=shapes_schema, max_new_tokens=80),
         GenerationRequest(image=b"not an image"),

@@ -55,8 +55,9 @@ def test_stage1_trains_only_the_projector(tiny_model_dir, shapes_dir, tmp_path):
                     "--images", str(shapes_dir / "images"), "--out", str(out), "--max-steps", "3", "--learning-rate", "1e-2")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "48 records, 48 usable, 0 bad" in result.output
+    assert "pretrain stage1" in result.output and "{'loss'" not in result.output, "one progress bar, no line per step"
     metrics = _check_checkpoint(out, 3)
-    assert metrics["stage"] == "pretrain" and metrics["config"]["global_batch_size"] == 4
+    assert metrics["stage"] == "pretrain" and metrics["config"]["batch_size"] == 4
     before, after = _weights(tiny_model_dir), _weights(out)
     assert _changed(before, after, "multi_modal_projector.")
     assert not _changed(before, after, "vision_tower.") and not _changed(before, after, "language_model.")
@@ -110,7 +111,7 @@ def test_lora_is_merged_into_a_plain_checkpoint_or_kept_as_an_adapter(tiny_model
     "args, message",
     [
         (["--stage", "pretrain", "--lora"], "--lora applies to the finetune stage"),
-        (["--stage", "sideways"], "unknown stage 'sideways'"),
+        (["--stage", "sideways"], "--stage: Input should be 'pretrain' or 'finetune'"),
         (["--stage", "finetune", "--batch-size", "6"], "global batch 6 is not a multiple of per-device batch 4"),
     ],
 )
