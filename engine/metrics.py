@@ -25,3 +25,7 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 QUEUE_DEPTH = Gauge("llava_queue_depth", "Items waiting for the engine.")
+OOM_HALVINGS = Counter(
+    "llava_oom_batch_halvings",
+    "Engine batches split in half and run again after running out of memory.",
+)

@@ -95,11 +95,31 @@ def _fix_processor(processor, config) -> None:
     if getattr(processor, "vision_feature_select_strategy", None) is None:
         processor.vision_feature_select_strategy = config.vision_feature_select_strategy
     processor.tokenizer.padding_side = "left"
+    keep_word_start_after_special_tokens(processor.tokenizer)
     # LLaVA takes no token_type_ids; transformers 4.x's PreTrainedTokenizerFast returns them by
     # default and generate() then refuses them as unused model kwargs.
     names = getattr(processor.tokenizer, "model_input_names", None)
     if names and "token_type_ids" in names:
         processor.tokenizer.model_input_names = [name for name in names if name != "token_type_ids"]
+
+
+def keep_word_start_after_special_tokens(tokenizer) -> None:
+    """Make text after `<image>` start a new word (`▁`), as LLaVA-1.5 was trained, whatever the checkpoint's `legacy` says.
+
+    The original LLaVA tokenizes the prompt chunk by chunk around `<image>`, each chunk with
+    sentencepiece's leading `▁` (`<image>\\n` is `<image> ▁ <0x0A>`). transformers 5 rebuilds a
+    tokenizer whose config says `LlamaTokenizer` with `legacy: false` (published llava-hf
+    checkpoints do) with a Metaspace that prepends `▁` only to the first piece, dropping it
+    after every special token; prepending to every piece gives the original's ids again.
+    """
+    from tokenizers import pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    metaspace = getattr(backend, "pre_tokenizer", None)
+    if isinstance(metaspace, pre_tokenizers.Metaspace) and metaspace.prepend_scheme == "first":
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement=metaspace.replacement, prepend_scheme="always", split=metaspace.split
+        )
 
 
 def load_model(source: str | Path, *, device: str = "auto", dtype: str = "auto") -> LoadedModel:

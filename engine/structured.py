@@ -7,8 +7,10 @@ before anything else sees it, refuses schemas nested deeper than `MAX_SCHEMA_DEP
 (deep enough for any labeling schema, shallow enough that no check recurses out of
 stack), and resolves references through a registry that retrieves nothing, so no
 request, file read or hang can come from a schema. Each schema is then checked
-(jsonschema's meta-schema) and compiled by xgrammar once, then cached; a schema that
-cannot be compiled is a `SchemaError` naming the problem. During decoding a grammar
+(jsonschema's meta-schema), held to limits on what makes a grammar explode over a 32k
+vocabulary (enum size, pattern length and repetition), and compiled by xgrammar once
+within a deadline, then cached; a schema that cannot be compiled is a `SchemaError`
+naming the problem or the limit. During decoding a grammar
 matcher per constrained row masks the logits so only tokens that keep the output a
 valid prefix survive. After decoding, `parse_and_validate` is the final gate: a result
 with a schema is JSON that validates, or an explicit failure.
@@ -23,8 +25,11 @@ import json
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jsonschema
 import referencing
@@ -36,6 +41,13 @@ if TYPE_CHECKING:
     import xgrammar as xgr
 
 MAX_SCHEMA_DEPTH = 64  # nested objects and arrays in a schema document
+# Bounds on what xgrammar compiles (see `_check_grammar_size`), and the deadline for anything else that explodes.
+MAX_ENUM_CHARS = 65_536  # all enum and const values of a schema, as JSON
+MAX_PATTERN_LENGTH = 1_000
+MAX_PATTERN_REPEAT = 1_000  # the largest n or m of a counted repetition {n}, {n,}, {n,m}
+MAX_COMPILE_SECONDS = 10.0
+_REPEAT_COUNTS = re.compile(r"(?<!\\)\{(\d+)(?:,(\d*))?\}")
+T = TypeVar("T")
 _REFERENCE_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 # xgrammar prefixes its messages with "[time] path/file.cc:line: "; the path is the build machine's, not the user's business.
 _XGRAMMAR_PREFIX = re.compile(r"^(?:\[[^\]]*\]\s*)?(?:\S+\.(?:cc|cpp|h|hpp):\d+:\s*)?")
@@ -58,17 +70,25 @@ def canonical(schema: dict[str, Any]) -> str:
     return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 
-def _self_contained(schema: Any) -> dict[str, Any]:
-    """`schema` if it is an object with no reference outside itself and no deeper than `MAX_SCHEMA_DEPTH`, else `SchemaError`.
-
-    Iterative (a deep schema cannot exhaust the stack here), and it looks at every object,
-    keyword or not, because a `#/...` pointer can make any part of the document a schema.
-    """
-    if not isinstance(schema, dict):
-        raise SchemaError(f"a JSON schema must be an object, got {type(schema).__name__}")
+def _nodes(schema: dict[str, Any]) -> Iterator[tuple[Any, int]]:
+    """Every object and array of a schema document with its depth, iteratively (a deep schema cannot exhaust the stack)."""
     stack: list[tuple[Any, int]] = [(schema, 1)]
     while stack:
         node, depth = stack.pop()
+        yield node, depth
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
+def _self_contained(schema: Any) -> dict[str, Any]:
+    """`schema` if it is an object with no reference outside itself and no deeper than `MAX_SCHEMA_DEPTH`, else `SchemaError`.
+
+    It looks at every object, keyword or not, because a `#/...` pointer can make any part
+    of the document a schema.
+    """
+    if not isinstance(schema, dict):
+        raise SchemaError(f"a JSON schema must be an object, got {type(schema).__name__}")
+    for node, depth in _nodes(schema):
         if depth > MAX_SCHEMA_DEPTH:
             raise SchemaError(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels of objects and arrays")
         if isinstance(node, dict):
@@ -79,11 +99,66 @@ def _self_contained(schema: Any) -> dict[str, Any]:
                         f"the schema's {keyword} {target!r} points outside the schema: only references "
                         "within it (#...) are allowed, and nothing is fetched"
                     )
-            children = node.values()
-        else:
-            children = node
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return schema
+
+
+def _check_grammar_size(schema: dict[str, Any]) -> None:
+    """Refuse, naming the limit, what makes xgrammar's grammar explode on a 32k vocabulary before compiling it.
+
+    Measured on LLaMA's vocabulary: 100,000 short enum values or 4,096 values of 200
+    characters take 20 s to over a minute, and a counted repetition of a group,
+    `(ab|cd){1,10000}`, 25 s; the labeling schemas this tool is for stay far below these limits.
+    """
+    enum_chars = 0
+    for node, _ in _nodes(schema):
+        if not isinstance(node, dict):
+            continue
+        enum_chars += _enum_chars(node)
+        if enum_chars > MAX_ENUM_CHARS:
+            raise SchemaError(f"the schema's enum and const values total over {MAX_ENUM_CHARS:,} characters (limit)")
+        if isinstance(node.get("pattern"), str):
+            _check_pattern(node["pattern"])
+
+
+def _enum_chars(node: dict[str, Any]) -> int:
+    """The JSON length of a schema object's enum and const values: what each adds to the grammar."""
+    values = list(node["enum"]) if isinstance(node.get("enum"), list) else []
+    if "const" in node:
+        values.append(node["const"])
+    return sum(len(json.dumps(value, ensure_ascii=False)) for value in values)
+
+
+def _check_pattern(pattern: str) -> None:
+    """Refuse a pattern over `MAX_PATTERN_LENGTH` characters or with a counted repetition over `MAX_PATTERN_REPEAT`."""
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise SchemaError(f"the schema's pattern is {len(pattern):,} characters, over the {MAX_PATTERN_LENGTH:,}-character limit")
+    counts = [int(count) for bounds in _REPEAT_COUNTS.findall(pattern) for count in bounds if count]
+    if counts and max(counts) > MAX_PATTERN_REPEAT:
+        raise SchemaError(f"the schema's pattern {pattern!r} repeats {max(counts):,} times, over the limit of {MAX_PATTERN_REPEAT:,}")
+
+
+def _within(seconds: float, work: Callable[[], T]) -> T:
+    """`work()`, or `SchemaError` when it has not finished after `seconds`.
+
+    xgrammar's compilation cannot be interrupted, so it runs in a daemon thread that is
+    left to finish (its failure is cached, so the same schema never starts another);
+    the request waiting for it fails within the deadline instead of hanging a batch.
+    """
+    done: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(work())
+        except BaseException as exc:  # handed to the waiting caller, which sorts it
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name="grammar-compile", daemon=True).start()
+    try:
+        return done.result(timeout=seconds)
+    except FutureTimeout:
+        raise SchemaError(
+            f"constrained decoding cannot use this schema: its grammar did not compile within {seconds:g} s (limit)"
+        ) from None
 
 
 def validator(schema: Any) -> Validator:
@@ -133,7 +208,9 @@ def parse_and_validate(text: str, schema: dict[str, Any]) -> tuple[Any, str | No
 class GrammarCache:
     """Compiles schemas for one tokenizer, once each (bounded LRU), thread-safe."""
 
-    def __init__(self, tokenizer, vocab_size: int, *, max_entries: int = 256) -> None:
+    def __init__(
+        self, tokenizer, vocab_size: int, *, max_entries: int = 256, compile_timeout_s: float = MAX_COMPILE_SECONDS
+    ) -> None:
         import xgrammar as xgr
 
         self.info = xgr.TokenizerInfo.from_huggingface(
@@ -146,13 +223,15 @@ class GrammarCache:
         self._leading_space = xgr.Grammar.from_ebnf('root ::= " "?')
         self._compiled: OrderedDict[str, xgr.CompiledGrammar | SchemaError] = OrderedDict()
         self._max_entries = max_entries
+        self.compile_timeout_s = compile_timeout_s
         self._lock = threading.Lock()
 
     def compile(self, schema: dict[str, Any]) -> xgr.CompiledGrammar:
         """The compiled grammar for `schema`; raises `SchemaError` (also cached) when it cannot compile.
 
         A reference outside the schema is refused before the cache key is even made, so
-        xgrammar never sees one.
+        xgrammar never sees one; a schema over the grammar-size limits is refused before
+        compiling, and any other compilation is given `compile_timeout_s`.
         """
         import xgrammar as xgr
 
@@ -164,8 +243,8 @@ class GrammarCache:
         if hit is None:
             try:
                 check_schema(schema)
-                schema_grammar = xgr.Grammar.from_json_schema(key, any_whitespace=False, strict_mode=True)
-                hit = self.compiler.compile_grammar(xgr.Grammar.concat(self._leading_space, schema_grammar))
+                _check_grammar_size(schema)
+                hit = _within(self.compile_timeout_s, lambda: self._compile(key))
             except SchemaError as exc:
                 hit = exc
             except (RuntimeError, ValueError, xgr.InvalidJSONError) as exc:
@@ -178,6 +257,13 @@ class GrammarCache:
         if isinstance(hit, SchemaError):
             raise SchemaError(str(hit))
         return hit
+
+    def _compile(self, key: str) -> xgr.CompiledGrammar:
+        """The grammar of the canonical schema `key`, after the optional leading space."""
+        import xgrammar as xgr
+
+        schema_grammar = xgr.Grammar.from_json_schema(key, any_whitespace=False, strict_mode=True)
+        return self.compiler.compile_grammar(xgr.Grammar.concat(self._leading_space, schema_grammar))
 
     def matcher(self, schema: dict[str, Any]) -> xgr.GrammarMatcher:
         import xgrammar as xgr

@@ -3,8 +3,9 @@
 `LocalBackend` prepares every request the same way — the image loaded within the limits
 and padded to a square with the processor's mean colour, the schema compiled to a
 grammar matcher, the prompt rendered — fails a request it cannot prepare alone, runs
-the rest in chunks of `max_batch_size` through the subclass's `_run`, and answers the
-serving questions of `ServableBackend` (prompt length, token text) from its tokenizer.
+the rest in chunks of `max_batch_size` through the subclass's `_run` (halving a chunk
+that runs out of memory, down to one row), and answers the serving questions of
+`ServableBackend` (prompt length, token text) from its tokenizer.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import xgrammar as xgr
 
-from engine.backend import GenerationRequest, GenerationResult
+from engine.backend import GenerationRequest, GenerationResult, TransientEngineError
 from engine.images import ImageError, expand_to_square, load_image, pad_color
+from engine.metrics import OOM_HALVINGS
 from engine.prompts import IMAGE_TOKEN
 from engine.results import result_from_tokens
 from engine.settings import ImageLimits
@@ -77,7 +80,7 @@ class LocalBackend(ABC):
             for rows in groups.values():
                 for start in range(0, len(rows), self.max_batch_size):
                     chunk = rows[start : start + self.max_batch_size]
-                    for row, result in zip(chunk, self._run(chunk), strict=True):
+                    for row, result in zip(chunk, self._run_fitting(chunk), strict=True):
                         results[row.index] = result
         return results  # type: ignore[return-value]
 
@@ -106,6 +109,26 @@ class LocalBackend(ABC):
         _ = request.prompt  # a request that cannot become a prompt fails here, alone
         return Row(index, request, image, matcher)
 
+    def _run_fitting(self, rows: list[Row]) -> list[GenerationResult]:
+        """`_run(rows)`, halving the rows while they run out of memory; a single row that still does fails with the reason.
+
+        Memory depends on the prompts' and answers' lengths, not only on the batch size, so a
+        chunk that fits most of the time may not: its halves run one after the other (each
+        halving counted in `llava_oom_batch_halvings_total`) instead of failing the whole batch.
+        """
+        try:
+            return self._run(rows)
+        except (TransientEngineError, torch.OutOfMemoryError) as exc:
+            if not _out_of_memory(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(rows) == 1:
+                return [GenerationResult.failure(f"out of memory even with the batch halved down to this item: {exc}")]
+            OOM_HALVINGS.inc()
+            half = len(rows) // 2
+            return self._run_fitting(rows[:half]) + self._run_fitting(rows[half:])
+
     @abstractmethod
     def _run(self, rows: list[Row]) -> list[GenerationResult]:
         """One result per row, in order: the engine's work for one chunk."""
@@ -113,3 +136,13 @@ class LocalBackend(ABC):
     def _result(self, request: GenerationRequest, tokens: Sequence[int], logprobs: list[float]) -> GenerationResult:
         """The finished result: the tokens up to where the step control stopped the row."""
         return result_from_tokens(request, list(tokens[: len(logprobs)]), logprobs, tokenizer=self.tokenizer, eos_id=self.eos_id)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is, or was raised while handling, torch's out-of-memory error (CPU or GPU)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, torch.OutOfMemoryError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -3,7 +3,8 @@
 The tokenizer is built once from `npm pack llama-tokenizer-js@1.2.2` into build/llama-tokenizer
 (the cache `make test` fills); the model is what `llava-labeler model init-tiny --geometry` builds
 (1 layer each, 64 wide, everything else as published); the original code is `llava-torch`
-1.2.2.post1 (`pip install --no-deps`), read as plain modules.
+1.2.2.post1 (`pip install --no-deps`), read as plain modules. `real_predictor` serves that model
+with `llava-labeler serve`; `shapes_336` is `llava-labeler data shapes` scaled to LLaVA's 336 px.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import types
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
+from engine.predictor_process import PredictorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENIZER_CACHE = REPO / "build" / "llama-tokenizer"
@@ -52,6 +56,27 @@ def real_backend(real_model_dir: Path):
     from engine.backends.hf import HFBackend
 
     return HFBackend.load(real_model_dir)
+
+
+@pytest.fixture(scope="session")
+def real_predictor(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`llava-labeler serve` on the real-geometry model, on 127.0.0.1; stopped after the session."""
+    log = tmp_path_factory.mktemp("real-predictor") / "server.log"
+    with PredictorProcess(real_model_dir, env={"LLAVA_LABELER_SERVING__MAX_WAIT_MS": "20"}, log_path=log) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def shapes_336(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`data shapes` (4 training and 2 held-out images) with every image scaled 5.25x: 64 px squares become 336 px."""
+    out = tmp_path_factory.mktemp("shapes-336")
+    done = run_cli("data", "shapes", "--out", str(out), "--n", "4", "--n-eval", "2")
+    assert done.returncode == 0, done.stderr
+    for path in (out / "images").rglob("*.png"):
+        with Image.open(path) as image:
+            scaled = image.resize((image.width * 336 // 64, image.height * 336 // 64), Image.Resampling.NEAREST)
+        scaled.save(path)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -104,12 +104,13 @@ def test_export_downloads_and_writes_inside_the_data_folder_only(console, open_a
     app.selectbox(key="export.job").select(console.json_job).run()
     app.selectbox(key="export.format").select("jsonl").run()
     app.button(key="export.prepare").click().run()
-    assert "(7 records)" in app.get("download_button")[0].proto.label
+    link = app.markdown[-1].value  # a data: link inside the page, never a /media/ URL (served without login)
+    assert link.startswith('<a download="job-') and 'href="data:application/octet-stream;base64,' in link and "(7 records)" in link
     records = [json.loads(line) for line in app.session_state["export.ready"][1].decode().splitlines()]
     assert len(records) == 7 and [r["review"]["reviewer"] for r in records if r["review"]] == ["alice"]
 
     app.selectbox(key="export.format").select("llava").run()
-    assert not app.get("download_button"), "a file prepared for other choices is not offered"
+    assert not [m for m in app.markdown if "<a download=" in m.value], "a file prepared for other choices is not offered"
     app.text_input(key="export.path").input("exports/reviewed.llava.json").run()
     app.button(key="export.write").click().run()
     written = console.settings.data_dir.resolve() / "exports" / "reviewed.llava.json"

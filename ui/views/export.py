@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import tempfile
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import streamlit as st
 
 from labeler.service import FORMATS, SUFFIX, ExportError
 from ui import context
+
+INLINE_LIMIT = 16 * 2**20  # larger exports are written to a path, not carried in the page
 
 labeler = context.labeler()
 st.title("Export")
@@ -47,7 +50,11 @@ with download:
     ready = st.session_state.get("export.ready")
     if ready and ready[0] == chosen:  # a file prepared for other choices is not offered
         _, data, count = ready
-        st.download_button(f"Download {file_name} ({count:,} records)", data, file_name=file_name, key="export.download", on_click="ignore")
+        if len(data) > INLINE_LIMIT:
+            st.warning(f"{file_name} is over {INLINE_LIMIT // 2**20} MB: write it to a path instead.")
+        else:  # inside the page, as the images are: Streamlit's /media/ URLs need no login
+            link = f"data:application/octet-stream;base64,{base64.b64encode(data).decode()}"
+            st.markdown(f'<a download="{file_name}" href="{link}">Download {file_name} ({count:,} records)</a>', unsafe_allow_html=True)
 with write:
     data_dir = Path(labeler.settings.data_dir).resolve()
     st.subheader("Write to a path")
