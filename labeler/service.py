@@ -109,11 +109,10 @@ class Labeler:
         )
 
     def status(self, job_id: int) -> JobStatus:
-        """The job's progress, and whether it is stalled (no live worker on this queue, or no progress)."""
-        return jobs.get_status(self.db, job_id, self.settings.labeler)
+        return jobs.get_status(self.db, job_id)
 
     def list_jobs(self, *, limit: int = 50, offset: int = 0) -> list[JobStatus]:
-        return jobs.list_jobs(self.db, limit=limit, offset=offset, settings=self.settings.labeler)
+        return jobs.list_jobs(self.db, limit=limit, offset=offset)
 
     def pause(self, job_id: int) -> JobStatus:
         return jobs.pause(self.db, job_id)
