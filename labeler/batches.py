@@ -283,7 +283,7 @@ class BatchProcessor:
             session.execute(
                 update(Job)
                 .where(Job.id == job_id)
-                .values(done=Job.done + len(done_rows), failed=Job.failed + len(failed_rows))
+                .values(done=Job.done + len(done_rows), failed=Job.failed + len(failed_rows), progressed_at=now)
                 .execution_options(synchronize_session=False)
             )
             finish_job_if_complete(session, job_id)

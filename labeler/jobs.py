@@ -1,28 +1,35 @@
-"""Job lifecycle: submit, pause, resume, cancel, retry failed items, recover expired leases.
+"""Job lifecycle: submit, pause, resume, cancel, retry failed items, recover expired leases and lost messages.
 
 Every function takes an open `Database` (and a Celery app where it enqueues) and returns
 plain values, so the CLI and the review console share them through `labeler.service`.
 State changes and counter moves happen in one transaction; enqueueing happens after
 the commit, and sending an item twice is harmless (workers claim items in the database).
+Every statement that sends items also stamps their `sent_at`, so the sweeper can tell
+an item whose message the broker lost (pending, not sent for `stale_after_s`, and no
+message waiting in the queue) and send it again (`resend_stale`). A job with items
+pending that no live worker serves, or that has not progressed for `stale_after_s`, is
+reported stalled with the reason instead of an ETA.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import chain
 from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Select, delete, exists, func, insert, or_, select, update
+from sqlalchemy.orm import Session
 
 from engine.backend import GenerationOptions
-from labeler.settings import LabelerConfig
+from labeler.settings import LabelerConfig, LabelerSettings
 from labeler.batches import finish_job_if_complete
 from labeler.db import Database
 from labeler.models import (
+    ACTIVE_JOB_STATES,
     FINISHED_JOB_STATES,
     RUNNABLE_JOB_STATES,
     Item,
@@ -30,14 +37,16 @@ from labeler.models import (
     Job,
     JobState,
     ModelVersion,
+    WorkerBeat,
     utcnow,
 )
-from labeler.queue import batched, enqueue
+from labeler.queue import batched, enqueue, waiting_messages
 from labeler.registry import serving_uri, version_for_uri
 from labeler.sources import IMAGE_EXTENSIONS, SourceError, iter_source
 
 INSERT_CHUNK = 5000
 ID_PAGE = 10_000
+MISSED_BEATS = 3  # a worker whose heartbeat is older than this many beats counts as gone
 
 
 class JobError(ValueError):
@@ -63,6 +72,7 @@ class JobStatus:
     finished_at: datetime | None
     items_per_second: float | None
     eta_seconds: float | None
+    stalled: str | None = None  # why a job with items pending is not moving (then there is no ETA)
 
     @property
     def pending(self) -> int:
@@ -105,7 +115,46 @@ class JobSpec(GenerationOptions):
         return self.model_dump(mode="json", exclude={"task", "instruction", "json_schema"})
 
 
-def job_status(job: Job, model_version: str | None, now: datetime | None = None) -> JobStatus:
+@dataclass(frozen=True)
+class Watch:
+    """What telling a stalled job from a slow one takes: the live workers on the queue, the patience."""
+
+    live_workers: int
+    gone_after_s: float  # a worker not heard of for this long is gone
+    stale_after_s: float
+
+
+def watch(session: Session, settings: LabelerSettings, now: datetime) -> Watch:
+    """Count the workers on `settings.queue` whose heartbeat is recent (one query for any number of jobs)."""
+    gone_after_s = MISSED_BEATS * settings.heartbeat_s
+    seen_since = now - timedelta(seconds=gone_after_s)
+    live = session.scalar(
+        select(func.count()).select_from(WorkerBeat).where(WorkerBeat.queue == settings.queue, WorkerBeat.last_seen > seen_since)
+    )
+    return Watch(live_workers=live or 0, gone_after_s=gone_after_s, stale_after_s=settings.stale_after_s)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} minutes" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def stall_reason(job: Job, remaining: int, now: datetime, seen: Watch | None) -> str | None:
+    """Why an active job with items to do is not moving, or None: a person should see this, not an ETA.
+
+    Progress is proof of life too (a worker of an older version beats no heartbeat), so "no live
+    worker" needs both silence from the workers and no item finished for as long."""
+    if seen is None or remaining <= 0 or job.status not in ACTIVE_JOB_STATES:
+        return None
+    idle = (now - (job.progressed_at or job.started_at or job.created_at)).total_seconds()
+    if not seen.live_workers and idle >= seen.gone_after_s:
+        return "no live worker"
+    if idle >= seen.stale_after_s:
+        return f"no progress for {_duration(idle)} with items pending"
+    return None
+
+
+def job_status(job: Job, model_version: str | None, now: datetime | None = None, seen: Watch | None = None) -> JobStatus:
+    """A job's progress; with `seen` (the workers' liveness), also whether it is stalled, then without an ETA."""
     now = now or utcnow()
     rate = eta = None
     processed = job.done + job.failed
@@ -113,7 +162,8 @@ def job_status(job: Job, model_version: str | None, now: datetime | None = None)
         elapsed = ((job.finished_at or now) - job.started_at).total_seconds()
         rate = processed / elapsed if elapsed > 0 else None
     remaining = job.total - job.done - job.failed - job.cancelled
-    if rate and job.status in (JobState.QUEUED, JobState.RUNNING):
+    stalled = stall_reason(job, remaining, now, seen)
+    if rate and job.status in ACTIVE_JOB_STATES and not stalled:
         eta = remaining / rate
     return JobStatus(
         id=job.id,
@@ -131,6 +181,7 @@ def job_status(job: Job, model_version: str | None, now: datetime | None = None)
         finished_at=job.finished_at,
         items_per_second=rate,
         eta_seconds=eta,
+        stalled=stalled,
     )
 
 
@@ -138,18 +189,24 @@ def _jobs_with_model_names():
     return select(Job, ModelVersion.name).outerjoin(ModelVersion, Job.model_version_id == ModelVersion.id)
 
 
-def get_status(db: Database, job_id: int) -> JobStatus:
+def _statuses(db: Database, query: Select, settings: LabelerSettings | None) -> list[JobStatus]:
+    """The jobs `query` selects; with `settings`, each also says whether it is stalled."""
+    now = utcnow()
     with db.read() as session:
-        row = session.execute(_jobs_with_model_names().where(Job.id == job_id)).first()
-    if row is None:
+        rows = session.execute(query).all()
+        seen = watch(session, settings, now) if settings and rows else None
+    return [job_status(job, model_version, now, seen) for job, model_version in rows]
+
+
+def get_status(db: Database, job_id: int, settings: LabelerSettings | None = None) -> JobStatus:
+    listed = _statuses(db, _jobs_with_model_names().where(Job.id == job_id), settings)
+    if not listed:
         raise JobError(f"no job {job_id}")
-    return job_status(*row)
+    return listed[0]
 
 
-def list_jobs(db: Database, *, limit: int = 50, offset: int = 0) -> list[JobStatus]:
-    with db.read() as session:
-        rows = session.execute(_jobs_with_model_names().order_by(Job.id.desc()).limit(limit).offset(offset)).all()
-    return [job_status(*row) for row in rows]
+def list_jobs(db: Database, *, limit: int = 50, offset: int = 0, settings: LabelerSettings | None = None) -> list[JobStatus]:
+    return _statuses(db, _jobs_with_model_names().order_by(Job.id.desc()).limit(limit).offset(offset), settings)
 
 
 def submit(
@@ -193,7 +250,7 @@ def submit(
         _discard(db, job_id)
         raise
     try:
-        enqueue(app, job_id, pending_item_ids(db, job_id), batch, settings.labeler.queue)
+        send_pending(db, app, settings, job_id, batch)
     except KombuOperationalError as exc:  # the items are safe in the database: say how to send them later
         raise JobError(
             f"job {job_id} is saved with its items but could not be queued: the broker is unreachable ({exc}); "
@@ -202,7 +259,7 @@ def submit(
     with db.write() as session:
         session.execute(update(Job).where(Job.id == job_id, Job.status == JobState.SUBMITTING).values(status=JobState.QUEUED))
         finish_job_if_complete(session, job_id)
-    return get_status(db, job_id)
+    return get_status(db, job_id, settings.labeler)
 
 
 def _insert_items(db: Database, job_id: int, items: Iterator, progress: Callable[[int], None] | None) -> None:
@@ -220,6 +277,7 @@ def _insert_items(db: Database, job_id: int, items: Iterator, progress: Callable
                 "attempts": 0,
                 "error": item.error,
                 "finished_at": now if item.error else None,
+                "sent_at": now,  # sent as soon as the submit ends; a submit that dies first is healed by the sweeper
             }
             for item in chunk
         ]
@@ -258,6 +316,37 @@ def pending_item_ids(db: Database, job_id: int) -> Iterator[int]:
         last = page[-1]
 
 
+def _mark_sent(job_id: int, after: int, now: datetime, stale_before: datetime | None):
+    """One statement that picks the next page of the job's pending ids (only stale ones with
+    `stale_before`) and stamps them sent, returning them: a million items take 100 statements."""
+    page = select(Item.id).where(Item.job_id == job_id, Item.status == ItemState.PENDING, Item.id > after)
+    if stale_before is not None:
+        page = page.where(or_(Item.sent_at.is_(None), Item.sent_at < stale_before))
+    return (
+        update(Item)
+        .where(Item.id.in_(page.order_by(Item.id).limit(ID_PAGE)))
+        .values(sent_at=now)
+        .returning(Item.id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def send_pending(
+    db: Database, app: Celery, settings: LabelerConfig, job_id: int, batch_size: int, *, stale_before: datetime | None = None
+) -> int:
+    """Send the job's pending items (with `stale_before`, those last sent before it) page by page;
+    returns how many. A page is stamped before it is published, so a publish that fails part-way
+    leaves items the sweeper sends again once they are stale."""
+    sent = after = 0
+    while True:
+        with db.write() as session:
+            ids = sorted(session.scalars(_mark_sent(job_id, after, utcnow(), stale_before)))
+        if not ids:
+            return sent
+        enqueue(app, job_id, ids, batch_size, settings.labeler.queue)
+        sent, after = sent + len(ids), ids[-1]
+
+
 def _change_state(db: Database, job_id: int, allowed: tuple[str, ...], new: str, verb: str) -> Job:
     with db.write() as session:
         job = session.get(Job, job_id)
@@ -278,10 +367,10 @@ def pause(db: Database, job_id: int) -> JobStatus:
 def resume(db: Database, app: Celery, settings: LabelerConfig, job_id: int) -> JobStatus:
     """Run a paused job again: every pending item is sent out (also repairs a job whose enqueue broke off)."""
     job = _change_state(db, job_id, (JobState.PAUSED, *RUNNABLE_JOB_STATES), JobState.QUEUED, "resume")
-    enqueue(app, job_id, pending_item_ids(db, job_id), job.batch_size, settings.labeler.queue)
+    send_pending(db, app, settings, job_id, job.batch_size)
     with db.write() as session:
         finish_job_if_complete(session, job_id)
-    return get_status(db, job_id)
+    return get_status(db, job_id, settings.labeler)
 
 
 def cancel(db: Database, job_id: int) -> JobStatus:
@@ -316,7 +405,7 @@ def retry_failed(db: Database, app: Celery, settings: LabelerConfig, job_id: int
             session.scalars(
                 update(Item)
                 .where(Item.job_id == job_id, Item.status == ItemState.FAILED)
-                .values(status=ItemState.PENDING, attempts=0, error=None, finished_at=None)
+                .values(status=ItemState.PENDING, attempts=0, error=None, finished_at=None, sent_at=utcnow())
                 .returning(Item.id)
                 .execution_options(synchronize_session=False)
             )
@@ -328,16 +417,17 @@ def retry_failed(db: Database, app: Celery, settings: LabelerConfig, job_id: int
         batch_size = job.batch_size
     if ids and not paused:
         enqueue(app, job_id, sorted(ids), batch_size, settings.labeler.queue)
-    return get_status(db, job_id), len(ids)
+    return get_status(db, job_id, settings.labeler), len(ids)
 
 
 def requeue_expired(db: Database, app: Celery, settings: LabelerConfig) -> int:
     """Hand items whose worker lease ran out (a killed worker) back to the queue; returns how many."""
+    now = utcnow()
     with db.write() as session:
         rows = session.execute(
             update(Item)
-            .where(Item.status == ItemState.CLAIMED, Item.lease_expires_at < utcnow())
-            .values(status=ItemState.PENDING, lease_owner=None, lease_expires_at=None)
+            .where(Item.status == ItemState.CLAIMED, Item.lease_expires_at < now)
+            .values(status=ItemState.PENDING, lease_owner=None, lease_expires_at=None, sent_at=now)
             .returning(Item.job_id, Item.id)
             .execution_options(synchronize_session=False)
         ).all()
@@ -352,6 +442,23 @@ def requeue_expired(db: Database, app: Celery, settings: LabelerConfig) -> int:
         if job_id in jobs:
             enqueue(app, job_id, sorted(ids), jobs[job_id], settings.labeler.queue)
     return len(rows)
+
+
+def resend_stale(db: Database, app: Celery, settings: LabelerConfig) -> int:
+    """Send again the pending items of runnable jobs not sent for `stale_after_s` while no message
+    waits in the queue: the broker lost theirs (flushed, restarted without persistence, purged).
+    Items merely waiting their turn behind a long queue are left alone. Returns how many were sent."""
+    stale_before = utcnow() - timedelta(seconds=settings.labeler.stale_after_s)
+    stale_item = exists().where(
+        Item.job_id == Job.id,
+        Item.status == ItemState.PENDING,
+        or_(Item.sent_at.is_(None), Item.sent_at < stale_before),
+    )
+    with db.read() as session:
+        waiting = session.execute(select(Job.id, Job.batch_size).where(Job.status.in_(RUNNABLE_JOB_STATES), stale_item)).all()
+    if not waiting or waiting_messages(app, settings.labeler.queue):
+        return 0
+    return sum(send_pending(db, app, settings, job_id, batch, stale_before=stale_before) for job_id, batch in waiting)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ One schema for SQLite (the embedded default) and PostgreSQL (a cluster); Alembic
 migrations in `labeler/migrations` create it. The indexes are chosen for the queries
 that run at millions of items: a job's items by status in id order (claiming, resuming,
 retrying, exporting), running items by lease expiry (recovering a killed worker's
-items), and a job's unreviewed predictions by confidence (the review queue). Status
+items), pending items by when they were last sent (re-sending what a broker lost), and a
+job's unreviewed predictions by confidence (the review queue). Status
 counts are counters on the job row, updated in the same transaction as the items.
 """
 
@@ -141,6 +142,7 @@ class Job(Base):
     cancelled: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    progressed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when an item last finished
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
@@ -154,6 +156,7 @@ class Item(Base):
             sqlite_where=sql("status = 'running'"),
             postgresql_where=sql("status = 'running'"),
         ),
+        Index("ix_items_status_sent", "status", "sent_at"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -168,6 +171,7 @@ class Item(Base):
     error: Mapped[str | None] = mapped_column(Text)
     lease_owner: Mapped[str | None] = mapped_column(String(36))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when a message for it last went to the broker
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
@@ -223,3 +227,17 @@ class Lock(Base):
     owner: Mapped[str] = mapped_column(String(200))
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WorkerBeat(Base):
+    """A worker's heartbeat: a worker whose row is not renewed is gone, so a job can say it has none."""
+
+    __tablename__ = "worker_beats"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str] = mapped_column(String(200), index=True)
+    job_id: Mapped[int | None] = mapped_column(Id)  # the job of the last batch it received (no FK: jobs may be discarded)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)

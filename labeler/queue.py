@@ -9,7 +9,9 @@ Brokers: Redis in a cluster, kombu's SQLAlchemy transport on a SQLite file by de
 (`sqla+sqlite:///build/data/broker.db`). Late acks and `reject_on_worker_lost` make a
 broker hand an unfinished batch to another worker; Redis does so after
 `visibility_timeout_s`. The SQLite transport forgets a message its worker took, so on
-it recovery rests on the item leases alone, which expire after the same time.
+it recovery rests on the item leases alone, which expire after the same time. A message
+lost before any worker took it (a flushed or restarted Redis, a purge) leaves its items
+pending; `waiting_messages` lets the sweeper see that the queue ran dry while they wait.
 """
 
 from __future__ import annotations
@@ -89,3 +91,10 @@ def enqueue(app: Celery, job_id: int, item_ids: Iterable[int], batch_size: int, 
             app.send_task(TASK_NAME, args=(job_id, batch), queue=queue, producer=producer)
             tasks += 1
     return tasks
+
+
+def waiting_messages(app: Celery, queue: str) -> int:
+    """Messages waiting in `queue`, not counting those workers hold: none waiting while items are
+    pending means their messages are lost (no broker can say which items a message named)."""
+    with app.connection_for_write() as connection:
+        return connection.default_channel.queue_declare(queue=queue, durable=True, auto_delete=False).message_count

@@ -109,10 +109,11 @@ class Labeler:
         )
 
     def status(self, job_id: int) -> JobStatus:
-        return jobs.get_status(self.db, job_id)
+        """The job's progress, and whether it is stalled (no live worker on this queue, or no progress)."""
+        return jobs.get_status(self.db, job_id, self.settings.labeler)
 
     def list_jobs(self, *, limit: int = 50, offset: int = 0) -> list[JobStatus]:
-        return jobs.list_jobs(self.db, limit=limit, offset=offset)
+        return jobs.list_jobs(self.db, limit=limit, offset=offset, settings=self.settings.labeler)
 
     def pause(self, job_id: int) -> JobStatus:
         return jobs.pause(self.db, job_id)

@@ -21,6 +21,15 @@ class LabelerSettings(BaseModel):
     max_retries: int = Field(default=3, ge=0, description="Retries of a batch on transient engine errors.")
     retry_backoff_s: float = Field(default=2.0, ge=0, description="First retry delay; doubles per retry (max 60 s).")
     max_attempts: int = Field(default=6, ge=1, description="An item claimed this often without finishing fails.")
+    stale_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A pending item not sent for this long while the queue is empty is sent again (its message was lost); "
+        "a job with items pending and no progress for this long shows as stalled.",
+    )
+    heartbeat_s: float = Field(
+        default=5.0, gt=0, description="How often a worker records that it is alive; 3 missed beats: it counts as gone."
+    )
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="Worker Prometheus port (0: off).")
     metrics_host: str = Field(default="127.0.0.1", description="Worker metrics bind address (the pod IP in a cluster).")
     review_lease_s: float = Field(default=600.0, gt=0, description="How long a reviewer holds an item.")

@@ -2,10 +2,12 @@
 
 `start_worker` is what `llava-labeler worker` runs: a prefork Celery worker whose
 children each load the engine once (on their first batch) and process batches through
-`BatchProcessor`; the parent serves Prometheus metrics and runs the lease sweeper
-(`requeue_expired`) every few seconds, which resends the items of a worker that died
-and the items waiting out a retry backoff. `InProcessWorker` runs the same task in a
-thread of the calling process (`llava-labeler run`).
+`BatchProcessor`; the parent serves Prometheus metrics and runs the sweeper every few
+seconds, which records the worker's heartbeat (so `status` can tell a job no worker
+serves), resends the items of a worker that died and the items waiting out a retry
+backoff (`requeue_expired`), and resends pending items whose messages the broker lost
+(`resend_stale`). `InProcessWorker` runs the same task in a thread of the calling
+process (`llava-labeler run`).
 """
 
 from __future__ import annotations
@@ -17,20 +19,24 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from functools import cache
 
 from celery import Celery, signals
 from celery.worker import WorkController
+from sqlalchemy import delete
 
 from engine.backend import Backend
 from engine.backends import load_backend
 from labeler.settings import LabelerConfig
 from labeler import jobs, registry
 from labeler.batches import BatchProcessor, BatchResult
-from labeler.db import open_database
+from labeler.db import Database, dialect_insert, open_database
+from labeler.models import WorkerBeat, utcnow
 from labeler.queue import TASK_NAME, make_celery
 
 log = logging.getLogger(__name__)
+FORGET_AFTER = timedelta(days=1)  # heartbeat rows of workers gone this long are deleted
 
 
 def load_engine(settings: LabelerConfig) -> Backend:
@@ -69,23 +75,69 @@ def make_app(
     return app
 
 
-class Sweeper(threading.Thread):
-    """Resends expired leases (dead workers' items, retry backoffs) every `period` seconds."""
+def record_beat(db: Database, beat: dict) -> None:
+    """Upsert one worker's heartbeat row, and delete the rows of workers gone for a day (one transaction)."""
+    with db.write() as session:
+        insert = dialect_insert(session)(WorkerBeat.__table__).values(beat)
+        session.execute(insert.on_conflict_do_update(index_elements=["name"], set_={k: insert.excluded[k] for k in beat if k != "name"}))
+        session.execute(delete(WorkerBeat).where(WorkerBeat.last_seen < beat["last_seen"] - FORGET_AFTER))
 
-    def __init__(self, app: Celery, settings: LabelerConfig):
+
+def forget_worker(db: Database, name: str) -> None:
+    """Delete a stopping worker's heartbeat, so that its jobs show "no live worker" at once."""
+    with db.write() as session:
+        session.execute(delete(WorkerBeat).where(WorkerBeat.name == name))
+
+
+class Sweeper(threading.Thread):
+    """Every `period` seconds: the worker's heartbeat, then resending expired leases (dead workers'
+    items, retry backoffs) and pending items whose messages the broker lost."""
+
+    def __init__(self, app: Celery, settings: LabelerConfig, worker_name: str):
         super().__init__(name="lease-sweeper", daemon=True)
-        self.app, self.settings = app, settings
-        self.period = max(0.5, min(5.0, settings.labeler.visibility_timeout_s / 4, settings.labeler.retry_backoff_s or 5.0))
+        self.app, self.settings, self.worker_name = app, settings, worker_name
+        limits = settings.labeler
+        self.period = max(0.5, min(5.0, limits.visibility_timeout_s / 4, limits.retry_backoff_s or 5.0, limits.heartbeat_s))
         self.stopped = threading.Event()
+        self.job_id: int | None = None  # the job of the last batch this worker received
+        self.started_at = utcnow()
+
+    def received(self, request, **_) -> None:
+        """Celery's `task_received` (in the consumer): remember the batch's job for the heartbeat."""
+        self.job_id = request.args[0]
+
+    def beat(self, now: datetime) -> dict:
+        host = self.worker_name.rpartition("@")[2]
+        return {
+            "name": self.worker_name,
+            "host": host,
+            "pid": os.getpid(),
+            "queue": self.settings.labeler.queue,
+            "job_id": self.job_id,
+            "started_at": self.started_at,
+            "last_seen": now,
+        }
+
+    def sweep(self, db: Database) -> None:
+        record_beat(db, self.beat(utcnow()))
+        if count := jobs.requeue_expired(db, self.app, self.settings):
+            log.warning("resent %d items whose lease expired", count)
+        if count := jobs.resend_stale(db, self.app, self.settings):
+            log.warning("resent %d pending items whose messages the broker lost", count)
 
     def run(self) -> None:
         db = open_database(self.settings.database_url)
-        while not self.stopped.wait(self.period):
+        while True:
             try:
-                if count := jobs.requeue_expired(db, self.app, self.settings):
-                    log.warning("resent %d items whose lease expired", count)
+                self.sweep(db)
             except Exception:  # a database or broker hiccup must not end recovery for good
-                log.exception("lease sweep failed; trying again in %.1f s", self.period)
+                log.exception("sweep failed; trying again in %.1f s", self.period)
+            if self.stopped.wait(self.period):
+                break
+        try:
+            forget_worker(db, self.worker_name)
+        except Exception:  # the row then simply ages out after MISSED_BEATS beats
+            log.warning("could not delete the heartbeat of %s", self.worker_name, exc_info=True)
 
 
 def start_worker(settings: LabelerConfig, *, concurrency: int | None = None, loglevel: str = "INFO") -> None:
@@ -108,9 +160,17 @@ def start_worker(settings: LabelerConfig, *, concurrency: int | None = None, log
     # reason in the log before it takes any message, instead of failing items.
     signals.worker_process_init.connect(lambda **_: processor(), weak=False)
     app = make_app(settings, processor, on_batch)
-    sweeper = Sweeper(app, settings)
+    hostname = f"labeler-{os.getpid()}@{socket.gethostname()}"
+    sweeper = Sweeper(app, settings, hostname)
     signals.worker_ready.connect(lambda **_: sweeper.start(), weak=False)
-    signals.worker_shutdown.connect(lambda **_: sweeper.stopped.set(), weak=False)
+    signals.task_received.connect(sweeper.received, weak=False)
+
+    def stop_sweeper(**_) -> None:
+        sweeper.stopped.set()
+        if sweeper.is_alive():
+            sweeper.join(timeout=10)  # lets it delete the heartbeat before the process exits
+
+    signals.worker_shutdown.connect(stop_sweeper, weak=False)
     app.worker_main(
         [
             "worker",
@@ -118,7 +178,7 @@ def start_worker(settings: LabelerConfig, *, concurrency: int | None = None, log
             f"--concurrency={concurrency or settings.labeler.worker_concurrency}",
             f"--loglevel={loglevel}",
             f"--queues={settings.labeler.queue}",
-            f"--hostname=labeler-{os.getpid()}@{socket.gethostname()}",
+            f"--hostname={hostname}",
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
@@ -132,13 +192,15 @@ class InProcessWorker:
     def __init__(self, settings: LabelerConfig, engine: Backend):
         processor = BatchProcessor(open_database(settings.database_url), settings, lambda: engine)
         self.app = make_app(settings, lambda: processor)
-        self.sweeper = Sweeper(self.app, settings)
+        hostname = f"labeler-run-{os.getpid()}@{socket.gethostname()}"
+        self.sweeper = Sweeper(self.app, settings, hostname)
+        signals.task_received.connect(self.sweeper.received, weak=False)
         self.controller = WorkController(
             app=self.app,
             pool="solo",
             concurrency=1,
             queues=[settings.labeler.queue],
-            hostname=f"labeler-run-{os.getpid()}@{socket.gethostname()}",
+            hostname=hostname,
             loglevel="WARNING",
             without_heartbeat=True,
             without_mingle=True,
@@ -157,6 +219,8 @@ class InProcessWorker:
 
     def __exit__(self, *exc) -> None:
         self.sweeper.stopped.set()
+        signals.task_received.disconnect(self.sweeper.received)
         self.controller.stop(in_sighandler=False)
         self.thread.join(timeout=30)
+        self.sweeper.join(timeout=10)
 

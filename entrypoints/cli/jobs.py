@@ -67,9 +67,10 @@ def _progress_console():
 def _describe(status) -> str:
     rate = f", {status.items_per_second:.1f} items/s" if status.items_per_second else ""
     eta = f", ETA {status.eta_seconds:.0f} s" if status.eta_seconds is not None else ""
+    stalled = f", stalled: {status.stalled}" if status.stalled else ""  # then there is no ETA
     return (
         f"job {status.id} [{status.status}] {status.task} on {status.source}: {status.total:,} items - "
-        f"{status.done:,} done, {status.failed:,} failed, {status.cancelled:,} cancelled, {status.pending:,} to do{rate}{eta}"
+        f"{status.done:,} done, {status.failed:,} failed, {status.cancelled:,} cancelled, {status.pending:,} to do{rate}{eta}{stalled}"
     )
 
 

@@ -1,4 +1,4 @@
-"""Jobs: progress, throughput, ETA and failure reasons of every job, with cancel / pause / resume / retry failed."""
+"""Jobs: progress, throughput, ETA (or why a job is stalled) and failure reasons of every job, with cancel / pause / resume / retry failed."""
 
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ def describe(job: JobStatus) -> None:
     cancelled.metric("Cancelled", f"{job.cancelled:,}")
     rate.metric("Throughput", f"{job.items_per_second:.2f} items/s" if job.items_per_second else "–")
     eta.metric("ETA", str(timedelta(seconds=round(job.eta_seconds))) if job.eta_seconds is not None else "–")
+    if job.stalled:  # then there is no ETA: say why nothing moves
+        st.warning(f"Stalled: {job.stalled}.")
     if job.failed:
         reasons = labeler.failure_reasons(job.id)
         with st.expander(f"Failures by reason ({len(reasons)})"):
