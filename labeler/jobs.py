@@ -40,7 +40,7 @@ from labeler.models import (
     WorkerBeat,
     utcnow,
 )
-from labeler.queue import batched, enqueue, waiting_messages
+from labeler.queue import batched, enqueue
 from labeler.registry import serving_uri, version_for_uri
 from labeler.sources import IMAGE_EXTENSIONS, SourceError, iter_source
 
@@ -444,10 +444,13 @@ def requeue_expired(db: Database, app: Celery, settings: LabelerConfig) -> int:
     return len(rows)
 
 
-def resend_stale(db: Database, app: Celery, settings: LabelerConfig) -> int:
+def resend_stale(db: Database, app: Celery, settings: LabelerConfig, waiting: int) -> int:
     """Send again the pending items of runnable jobs not sent for `stale_after_s` while no message
-    waits in the queue: the broker lost theirs (flushed, restarted without persistence, purged).
-    Items merely waiting their turn behind a long queue are left alone. Returns how many were sent."""
+    waits in the queue (`waiting`, from `waiting_messages`): the broker lost theirs (flushed,
+    restarted without persistence, purged). Items merely waiting their turn behind a long queue
+    are left alone. Returns how many were sent."""
+    if waiting:
+        return 0
     stale_before = utcnow() - timedelta(seconds=settings.labeler.stale_after_s)
     stale_item = exists().where(
         Item.job_id == Job.id,
@@ -455,10 +458,8 @@ def resend_stale(db: Database, app: Celery, settings: LabelerConfig) -> int:
         or_(Item.sent_at.is_(None), Item.sent_at < stale_before),
     )
     with db.read() as session:
-        waiting = session.execute(select(Job.id, Job.batch_size).where(Job.status.in_(RUNNABLE_JOB_STATES), stale_item)).all()
-    if not waiting or waiting_messages(app, settings.labeler.queue):
-        return 0
-    return sum(send_pending(db, app, settings, job_id, batch, stale_before=stale_before) for job_id, batch in waiting)
+        stale_jobs = session.execute(select(Job.id, Job.batch_size).where(Job.status.in_(RUNNABLE_JOB_STATES), stale_item)).all()
+    return sum(send_pending(db, app, settings, job_id, batch, stale_before=stale_before) for job_id, batch in stale_jobs)
 
 
 @dataclass(frozen=True)

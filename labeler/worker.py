@@ -6,7 +6,8 @@ children each load the engine once (on their first batch) and process batches th
 seconds, which records the worker's heartbeat (so `status` can tell a job no worker
 serves), resends the items of a worker that died and the items waiting out a retry
 backoff (`requeue_expired`), and resends pending items whose messages the broker lost
-(`resend_stale`). `InProcessWorker` runs the same task in a thread of the calling
+(`resend_stale`), and wakes a consumer that takes no message while messages wait
+(`ConsumerWatch`: Celery's consumer can go quiet after a broker restart). `InProcessWorker` runs the same task in a thread of the calling
 process (`llava-labeler run`).
 """
 
@@ -31,9 +32,10 @@ from engine.backends import load_backend
 from labeler.settings import LabelerConfig
 from labeler import jobs, registry
 from labeler.batches import BatchProcessor, BatchResult
+from labeler.consumer_watch import ConsumerWatch
 from labeler.db import Database, dialect_insert, open_database
 from labeler.models import WorkerBeat, utcnow
-from labeler.queue import TASK_NAME, make_celery
+from labeler.queue import TASK_NAME, make_celery, waiting_messages
 
 log = logging.getLogger(__name__)
 FORGET_AFTER = timedelta(days=1)  # heartbeat rows of workers gone this long are deleted
@@ -101,10 +103,17 @@ class Sweeper(threading.Thread):
         self.stopped = threading.Event()
         self.job_id: int | None = None  # the job of the last batch this worker received
         self.started_at = utcnow()
+        self.consumer_watch = ConsumerWatch(limits.stale_after_s)
 
     def received(self, request, **_) -> None:
         """Celery's `task_received` (in the consumer): remember the batch's job for the heartbeat."""
         self.job_id = request.args[0]
+        self.consumer_watch.received()
+
+    def ready(self, sender, **_) -> None:
+        """Celery's `worker_ready` (`sender` is the consumer): watch it, and start sweeping."""
+        self.consumer_watch.attach(sender)
+        self.start()
 
     def beat(self, now: datetime) -> dict:
         host = self.worker_name.rpartition("@")[2]
@@ -122,8 +131,10 @@ class Sweeper(threading.Thread):
         record_beat(db, self.beat(utcnow()))
         if count := jobs.requeue_expired(db, self.app, self.settings):
             log.warning("resent %d items whose lease expired", count)
-        if count := jobs.resend_stale(db, self.app, self.settings):
+        waiting = waiting_messages(self.app, self.settings.labeler.queue)
+        if count := jobs.resend_stale(db, self.app, self.settings, waiting):
             log.warning("resent %d pending items whose messages the broker lost", count)
+        self.consumer_watch.check(waiting)
 
     def run(self) -> None:
         db = open_database(self.settings.database_url)
@@ -162,7 +173,7 @@ def start_worker(settings: LabelerConfig, *, concurrency: int | None = None, log
     app = make_app(settings, processor, on_batch)
     hostname = f"labeler-{os.getpid()}@{socket.gethostname()}"
     sweeper = Sweeper(app, settings, hostname)
-    signals.worker_ready.connect(lambda **_: sweeper.start(), weak=False)
+    signals.worker_ready.connect(sweeper.ready, weak=False)
     signals.task_received.connect(sweeper.received, weak=False)
 
     def stop_sweeper(**_) -> None:
@@ -206,6 +217,7 @@ class InProcessWorker:
             without_mingle=True,
             without_gossip=True,
         )
+        self.sweeper.consumer_watch.attach(self.controller.consumer)
         self.thread = threading.Thread(target=self._serve, name="celery-worker", daemon=True)
 
     def _serve(self) -> None:

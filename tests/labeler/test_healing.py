@@ -233,3 +233,27 @@ def test_a_job_without_a_live_worker_shows_stalled(labeler_settings, start_worke
     worker.process.wait(timeout=60)
     with labeler.db.read() as session:
         assert session.scalars(select(WorkerBeat)).all() == []
+
+
+@pytest.mark.parametrize("broker", ["sqlite", "redis"])
+def test_sigterm_drains_and_the_next_worker_waits_out_no_lease(
+    broker, private_redis, labeler_settings, start_worker, wait_for, image_folder, new_pg_database
+) -> None:
+    """A rolling update: the old worker finishes the batch it holds and exits; nothing it took stays
+    leased, so the new worker finishes the job long before a lease (10 minutes here) could expire."""
+    stack = dict(database_url=new_pg_database(), broker_url=private_redis.url) if broker == "redis" else {}
+    settings = labeler_settings(**{**FAST, "visibility_timeout_s": 600, "worker_concurrency": 2}, **stack)
+    labeler = Labeler(settings)
+    old = start_worker(settings)
+    job = labeler.submit(str(image_folder), JobSpec(task="caption", max_new_tokens=16))
+    wait_for(lambda: _states(labeler, job.id).get("done", 0) >= 4, 180, "the old worker to be part-way through", [old.log])
+
+    old.process.terminate()
+    assert old.process.wait(timeout=120) == 0, old.log.read_text()[-3000:]
+    states = _states(labeler, job.id)
+    assert states.get("running", 0) == 0, f"the drained worker left items leased: {states}"
+    assert states.get("pending", 0) > 0, "the stop must land while items are still waiting"
+
+    new = start_worker(settings)
+    wait_for(lambda: labeler.status(job.id).finished, 120, "the new worker to finish the job", [new.log])
+    _assert_every_item_has_exactly_one_prediction(labeler, job.id)
