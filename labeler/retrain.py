@@ -10,8 +10,11 @@ One run:
 3. register the candidate (status `candidate`, its parent the active version);
 4. build train.json / eval.json (`retrain_data`), finetune from the active checkpoint
    (LoRA unless `--full`), evaluate candidate and active on the held-out reviews;
-5. promote when candidate score - active score >= the margin; else the candidate ends
-   `rejected`. Promotion publishes first (`engine build` when the predictor runs
+5. run the paper benchmarks of `retrain.benchmarks` (`llava-labeler benchmark run`) on candidate
+   and active; their scores go on both versions' rows (`metrics["benchmarks"]`);
+6. promote when candidate score - active score >= the margin and no benchmark dropped by more
+   than its own margin; else the candidate ends `rejected`, the reason naming what fell short.
+   Promotion publishes first (`engine build` when the predictor runs
    TensorRT-LLM; an upload when the model store is an object store, `model_store`), then
    rolls out, then marks the version active, so a predictor that never takes the new
    model leaves the old one active. Any error ends it `failed`, the active version untouched.
@@ -165,9 +168,19 @@ class _Run:
         gain = candidate["score"] - active["score"]
         margin = self.options.margin
         facts["evaluation"] = {"candidate": candidate, "active": {"version": parent, **active}, "margin": margin}
+        if self.options.benchmarks:
+            facts["benchmarks"] = self._benchmarks({"candidate": str(checkpoint), "active": start}, work)
+            self._record_active_scores(parent, facts["benchmarks"])
         verdict = f"candidate {candidate['score']:.4f} vs active {active['score']:.4f}: {gain:+.4f}"
-        if gain < margin:
-            reason = f"{verdict}, below the margin {margin:+.4f}"
+        dropped = [
+            f"{bench} {row['candidate']:.2f} vs active {row['active']:.2f} ({-row['drop']:+.2f}), "
+            f"a drop above its margin {row['margin']:.2f}"
+            for bench, row in facts.get("benchmarks", {}).items()
+            if row["drop"] > row["margin"]
+        ]
+        if gain < margin or dropped:
+            held_out = f"below the margin {margin:+.4f}" if gain < margin else f"at least the margin {margin:+.4f}"
+            reason = f"{verdict}, {held_out}" + ("; benchmark dropped: " + "; ".join(dropped) if dropped else "")
             self._conclude(name, ModelState.REJECTED, {**facts, "decision": "rejected", "reason": reason})
             self.echo(f"retrain: rejected {name}: {reason}; {parent} stays active")
             return RetrainOutcome("rejected", reason, facts["reviews"], name, facts)
@@ -219,14 +232,24 @@ class _Run:
         return name, parent
 
     def _conclude(self, name: str, status: str, facts: dict[str, Any]) -> None:
-        self.db.retrying(lambda session: registry.conclude(session, name, status, {"retrain": facts}))
+        self.db.retrying(lambda session: registry.conclude(session, name, status, _version_metrics(facts)))
+
+    def _record_active_scores(self, name: str, gates: dict[str, dict[str, Any]]) -> None:
+        """Put the active model's benchmark scores on its version's row (next to what it already holds)."""
+
+        def record(session) -> None:
+            version = registry.get(session, name)
+            own = {bench: {"score": row["active"], "metric": row["metric"]} for bench, row in gates.items()}
+            version.metrics = {**(version.metrics or {}), "benchmarks": {**(version.metrics or {}).get("benchmarks", {}), **own}}
+
+        self.db.retrying(record)
 
     def _promote(self, name: str, uri: str, facts: dict[str, Any]) -> None:
         if not locks.still_held(self.db, self.lock):
             raise RetrainError("the retrain lock expired while training (raise retrain.lock_ttl_s); not promoting")
 
         def promote(session) -> None:
-            registry.conclude(session, name, ModelState.CANDIDATE, {"retrain": facts}).uri = uri
+            registry.conclude(session, name, ModelState.CANDIDATE, _version_metrics(facts)).uri = uri
             registry.promote(session, name)
 
         self.db.retrying(promote)
@@ -249,8 +272,36 @@ class _Run:
         )  # fmt: skip
         return {"score": overall_score(table), "table": table}
 
+    def _benchmarks(self, models: dict[str, str], work: Path) -> dict[str, dict[str, Any]]:
+        """Each gate's benchmark on candidate and active (`benchmark run` processes): both scores, the drop, the margin."""
+        results: dict[str, dict[str, Any]] = {}
+        for gate in self.options.benchmarks:
+            scores: dict[str, Any] = {}
+            for who, model in models.items():
+                out = work / "benchmarks" / gate.name / who
+                args = ["benchmark", "run", gate.name, "--model", model, "--data", str(gate.data), "--out", str(out)]
+                args += ["--batch-size", str(self.options.eval_batch_size), *(["--limit", str(gate.limit)] if gate.limit else [])]
+                self.echo(f"retrain: benchmark {gate.name} on the {who} model")
+                self._cli(args, work / "benchmarks" / f"{gate.name}-{who}.log", f"benchmark {gate.name} on the {who} model")
+                scores[who] = json.loads((out / "scores.json").read_text())["scores"]
+                if scores[who] is None:
+                    raise RetrainError(f"benchmark {gate.name} has private answers (an upload file only): it cannot gate a retrain")
+            candidate, active = scores["candidate"]["score"], scores["active"]["score"]
+            results[gate.name] = {
+                "candidate": candidate, "active": active, "drop": active - candidate, "margin": gate.margin,
+                "metric": scores["candidate"]["metric"],
+            }  # fmt: skip
+            self.echo(f"retrain: {gate.name} ({results[gate.name]['metric']}): candidate {candidate:.2f}, active {active:.2f}")
+        return results
+
     def _cli(self, args: list[str], log: Path, what: str) -> None:
         subcommands.run_command(args, log, what, self.echo)
+
+
+def _version_metrics(facts: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's row: the retrain's facts, and its own benchmark scores where the retrain ran them."""
+    own = {bench: {"score": row["candidate"], "metric": row["metric"]} for bench, row in facts.get("benchmarks", {}).items()}
+    return {"retrain": facts, **({"benchmarks": own} if own else {})}
 
 
 def _reviews_after(version: ModelVersion) -> datetime:

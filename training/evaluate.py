@@ -5,8 +5,13 @@ for step, quirks included: the prediction is always normalised (punctuation, num
 words to digits, articles dropped, contractions restored), the ten human answers only
 get the punctuation pass and only when they disagree (VQAv2 stores them normalised),
 and the score is min(1, matches/3) averaged over the ten leave-one-out subsets.
+`evalai_answer` is the EvalAI answer processor (LLaVA's `m4c_evaluator.py`), which the VQAv2
+and VizWiz upload files and TextVQA's `textvqa_accuracy` use: both sides normalised, commas,
+question marks and possessives handled first, at most 32 periods stripped (the original passes
+`re.UNICODE` as `re.sub`'s count).
 `pope_metrics` follows LLaVA's `eval_pope.py`: first sentence only, an answer with
-"no"/"not"/"No" in it is no, anything else yes.
+"no"/"not"/"No" in it is no, anything else yes. The paper benchmarks (training/benchmarks/)
+score through these functions.
 """
 
 from __future__ import annotations
@@ -59,17 +64,19 @@ ARTICLES = {"a", "an", "the"}
 PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic: the official pattern (a malformed look-behind)
 COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+EVALAI_COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
 
 
-def process_punctuation(text: str) -> str:
-    """The official punctuation pass: drop marks next to spaces (or in numbers like 1,000), else space them."""
+def process_punctuation(text: str, comma_strip: re.Pattern[str] = COMMA_STRIP, periods: int = 0) -> str:
+    """The official punctuation pass: drop marks next to spaces (or in numbers like 1,000), else space them;
+    then strip periods that are not decimal points (at most `periods` of them; 0: all)."""
     out = text
     for mark in PUNCTUATION:
-        if f"{mark} " in text or f" {mark}" in text or COMMA_STRIP.search(text) is not None:
+        if f"{mark} " in text or f" {mark}" in text or comma_strip.search(text) is not None:
             out = out.replace(mark, "")
         else:
             out = out.replace(mark, " ")
-    return PERIOD_STRIP.sub("", out)
+    return PERIOD_STRIP.sub("", out, count=periods)
 
 
 def process_digit_article(text: str) -> str:
@@ -87,19 +94,39 @@ def normalize_answer(text: str) -> str:
     return process_digit_article(process_punctuation(_clean(text)))
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """Official VQA accuracy of one prediction against its (usually ten) human answers."""
-    if not answers:
-        raise ValueError("VQA accuracy needs at least one human answer")
-    predicted = normalize_answer(prediction)
-    truth = [_clean(answer) for answer in answers]
-    if len(set(truth)) > 1:
-        truth = [process_punctuation(answer) for answer in truth]
+def evalai_answer(text: str) -> str:
+    """An answer as EvalAI compares it (`EvalAIAnswerProcessor` of LLaVA's m4c_evaluator.py): the VQAv2 and
+    VizWiz upload files hold these, and TextVQA is scored on them."""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    text = process_punctuation(_clean(text), EVALAI_COMMA_STRIP, periods=re.UNICODE)  # sic: count=re.UNICODE (32)
+    return process_digit_article(text)
+
+
+def _leave_one_out(predicted: str, truth: Sequence[str]) -> float:
+    """min(1, matches/3) averaged over the subsets that leave one human answer out."""
     scores = []
     for held_out in range(len(truth)):
         matches = sum(1 for i, answer in enumerate(truth) if i != held_out and answer == predicted)
         scores.append(min(1.0, matches / 3))
     return sum(scores) / len(scores)
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """Official VQA accuracy of one prediction against its (usually ten) human answers."""
+    if not answers:
+        raise ValueError("VQA accuracy needs at least one human answer")
+    truth = [_clean(answer) for answer in answers]
+    if len(set(truth)) > 1:
+        truth = [process_punctuation(answer) for answer in truth]
+    return _leave_one_out(normalize_answer(prediction), truth)
+
+
+def textvqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """TextVQA accuracy (m4c_evaluator's `TextVQAAccuracyEvaluator`): prediction and the ten human answers
+    both through `evalai_answer`, then the leave-one-out VQA score."""
+    if len(answers) != 10:
+        raise ValueError(f"TextVQA accuracy needs the ten human answers, got {len(answers)}")
+    return _leave_one_out(evalai_answer(prediction), [evalai_answer(answer) for answer in answers])
 
 
 def pope_answer(text: str) -> str:

@@ -6,6 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from ui import context
+from ui.views.calibration import reliability_section
+from ui.views.benchmark_scores import show_benchmark_scores
 
 labeler = context.labeler()
 st.title("Models")
@@ -64,6 +66,8 @@ if quality.empty:
 else:
     st.line_chart(quality, x_label="model version (oldest first)")
 
+reliability_section(labeler, rates)
+
 st.subheader("Per job")
 st.dataframe(
     [
@@ -83,3 +87,5 @@ st.dataframe(
     hide_index=True,
     width="stretch",
 )
+
+show_benchmark_scores(versions)
