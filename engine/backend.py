@@ -92,6 +92,7 @@ class GenerationResult:
     tokens: int = 0
     confidence: float | None = None
     error: str | None = None
+    field_confidence: dict[str, Any] | None = None  # a JSON answer's per-field log-probs (engine.field_confidence)
     token_logprobs: list[float] = field(default_factory=list, repr=False)
     token_ids: list[int] = field(default_factory=list, repr=False)
 

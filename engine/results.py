@@ -3,7 +3,8 @@
 The transformers backend and the TensorRT-LLM adapter decode differently but finish the
 same way, so the rules live here once: `stop` only when the row ended on end-of-sequence,
 confidence = mean token log-probability, and a row with a schema is JSON that validates
-or an explicit failure (cut off by the length limit, or invalid).
+(with each field's confidence, `engine.field_confidence`) or an explicit failure (cut off
+by the length limit, or invalid).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from engine.backend import GenerationRequest, GenerationResult
+from engine.field_confidence import field_confidence
 from engine.structured import parse_and_validate
 
 
@@ -36,4 +38,6 @@ def result_from_tokens(
     result.json, reason = parse_and_validate(result.text, request.json_schema)
     if reason:
         result.error = reason
+    else:
+        result.field_confidence = field_confidence(tokens, logprobs, tokenizer)
     return result

@@ -313,6 +313,7 @@ def _upsert_predictions(
                 "text": result.text,
                 "json": result.json,
                 "confidence": result.confidence,
+                "field_confidence": result.field_confidence,
                 "tokens": result.tokens,
                 "finish_reason": result.finish_reason,
                 "latency_ms": latency_ms,
@@ -321,7 +322,7 @@ def _upsert_predictions(
             }
         )
     insert = dialect_insert(session)(Prediction.__table__)
-    keep = ("text", "json", "confidence", "tokens", "finish_reason", "latency_ms", "created_at")
+    keep = ("text", "json", "confidence", "field_confidence", "tokens", "finish_reason", "latency_ms", "created_at")
     upsert = insert.on_conflict_do_update(
         index_elements=["item_id", "model_version_id", "prompt_hash"],
         set_={name: insert.excluded[name] for name in keep},

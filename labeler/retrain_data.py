@@ -32,7 +32,7 @@ from labeler.db import Database
 from labeler.models import Decision, Item, Job, Prediction, Review
 from labeler.reading import read_image_bytes
 
-TRAIN_DECISIONS = (Decision.ACCEPT, Decision.EDIT)
+TRAIN_DECISIONS = (Decision.ACCEPT, Decision.EDIT, Decision.AUTO)  # auto: accepted above a measured precision
 
 
 class RetrainDataError(ValueError):

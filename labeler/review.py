@@ -2,7 +2,8 @@
 
 `next_for_review` leases a prediction to a reviewer with one conditional UPDATE (it
 only succeeds while nobody else holds a live lease), with the console's filters and
-order (`PredictionFilter`, lowest confidence first or random), so two reviewers asking at the
+order (`PredictionFilter`; lowest confidence first, weakest JSON field first, lowest
+calibrated probability of being right first, or random), so two reviewers asking at the
 same moment never get the same item, and a lease left behind by a closed browser tab
 expires after `review_lease_s`. A reviewer who asks again gets the item they already
 hold. `record_review` is an upsert keyed by the prediction: submitting the same
@@ -21,10 +22,12 @@ from sqlalchemy import Select, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine.structured import validator
+from labeler.calibration import TRUST_SCORE, calibration_for_job
 from labeler.db import Database, dialect_insert
 from labeler.models import Decision, Item, Job, Prediction, Review, utcnow
 
 CANDIDATES = 20
+WEAKEST_FIELD = Prediction.field_confidence["weakest_logprob"].as_float()  # engine.field_confidence; None for text
 
 
 class ReviewError(ValueError):
@@ -45,6 +48,7 @@ class ReviewTask:
     text: str
     output_json: Any
     confidence: float | None
+    field_confidence: dict[str, Any] | None
     lease_expires_at: datetime
 
 
@@ -58,9 +62,10 @@ class ReviewRecord:
     created_at: datetime
 
 
-ReviewState = Literal["unreviewed", "accept", "edit", "reject"]
+ReviewState = Literal["unreviewed", "accept", "edit", "reject", "auto"]
 REVIEW_STATES: tuple[ReviewState, ...] = ("unreviewed", *Decision)  # type: ignore[assignment]
-Order = Literal["confidence", "random"]
+HUMAN_DECISIONS = (Decision.ACCEPT, Decision.EDIT, Decision.REJECT)  # `auto` is labeler.auto_accept's alone
+Order = Literal["confidence", "weakest_field", "calibrated", "random"]
 
 
 @dataclass(frozen=True)
@@ -123,8 +128,10 @@ def next_for_review(
         if exclude:
             query = query.where(Prediction.id.not_in(list(exclude)))
         held_first = case((Prediction.review_lease_owner == reviewer, 0), else_=1)
-        ranking = func.random() if order == "random" else Prediction.confidence.asc().nulls_first()
-        candidates = list(session.scalars(query.order_by(held_first, ranking, Prediction.id).limit(CANDIDATES)))
+        if order == "calibrated":
+            candidates = _least_probable(db, session, query, held_first)
+        else:
+            candidates = list(session.scalars(query.order_by(held_first, *_ranking(order), Prediction.id).limit(CANDIDATES)))
     expires = now + timedelta(seconds=lease_s)
     for prediction_id in candidates:
         with db.write() as session:
@@ -140,6 +147,35 @@ def next_for_review(
             if taken:
                 return _task(session, prediction_id)
     return None
+
+
+def _ranking(order: Order) -> tuple:
+    if order == "random":
+        return (func.random(),)
+    if order == "weakest_field":
+        return (WEAKEST_FIELD.asc().nulls_last(), Prediction.confidence.asc().nulls_first())
+    return (Prediction.confidence.asc().nulls_first(),)
+
+
+def _least_probable(db: Database, session: Session, query: Select, held_first) -> list[int]:
+    """Candidates lowest calibrated P(right) first, each job through its own calibration.
+
+    Calibration is monotone in the trust score, so each job's least probable items are among
+    its lowest-scored ones: the CANDIDATES lowest of every job are ranked together. Items of a
+    job with too few reviews to calibrate come first (nothing is known about them).
+    """
+    rank = func.row_number().over(partition_by=Prediction.job_id, order_by=(held_first, TRUST_SCORE.asc().nulls_first(), Prediction.id))
+    lowest = query.add_columns(held_first.label("held"), Prediction.job_id, TRUST_SCORE.label("score"), rank.label("rank")).subquery()
+    per_job: dict[int, list] = {}
+    for row in session.execute(select(lowest).where(lowest.c.rank <= CANDIDATES)):
+        per_job.setdefault(row.job_id, []).append(row)
+    ranked = []
+    for job_id, rows in per_job.items():
+        fitted = calibration_for_job(db, job_id)
+        scored = [row for row in rows if row.score is not None]
+        known = dict(zip((row.id for row in scored), fitted.probability([row.score for row in scored]) if fitted and scored else []))
+        ranked += [(row.held, row.id in known, known.get(row.id, 0.0), row.id) for row in rows]
+    return [key[3] for key in sorted(ranked)[:CANDIDATES]]
 
 
 def _task(session: Session, prediction_id: int) -> ReviewTask:
@@ -160,6 +196,7 @@ def _task(session: Session, prediction_id: int) -> ReviewTask:
         text=prediction.text,
         output_json=prediction.output_json,
         confidence=prediction.confidence,
+        field_confidence=prediction.field_confidence,
         lease_expires_at=prediction.review_lease_expires_at,  # type: ignore[arg-type]
     )
 
@@ -176,8 +213,8 @@ def release(db: Database, prediction_id: int, reviewer: str) -> None:
 
 
 def _checked_output(decision: str, output: Any, schema: dict[str, Any] | None) -> Any:
-    if decision not in tuple(Decision):
-        raise ReviewError(f"unknown decision {decision!r}; expected one of {', '.join(Decision)}")
+    if decision not in HUMAN_DECISIONS:
+        raise ReviewError(f"unknown decision {decision!r}; expected one of {', '.join(HUMAN_DECISIONS)}")
     if decision != Decision.EDIT:
         return None
     if output is None or output == "":
@@ -214,7 +251,7 @@ def record_review(
         session.execute(
             insert.values(**values).on_conflict_do_update(
                 index_elements=["prediction_id"],
-                set_={key: insert.excluded[key] for key in ("decision", "output", "reviewer", "created_at")},
+                set_={key: insert.excluded[key] for key in ("decision", "output", "reviewer", "created_at", "threshold")},
             )
         )
         prediction.reviewed = True

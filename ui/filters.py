@@ -7,7 +7,9 @@ import streamlit as st
 from labeler.service import REVIEW_STATES, Decision, Labeler, PredictionFilter, mean_logprob
 
 ANY = "any"
-STATE_LABELS = {"unreviewed": "unreviewed", Decision.ACCEPT: "accepted", Decision.EDIT: "edited", Decision.REJECT: "rejected"}
+STATE_LABELS = {
+    "unreviewed": "unreviewed", Decision.ACCEPT: "accepted", Decision.EDIT: "edited", Decision.REJECT: "rejected", Decision.AUTO: "auto-accepted",
+}  # fmt: skip
 JOB_CHOICES = 500
 
 

@@ -37,6 +37,31 @@ def edit(schema: dict[str, Any], value: Any, key: str) -> Edited:
     return Edited(edited, problems)
 
 
+def flag_field(schema: dict[str, Any], pointer: str, note: str) -> dict[str, Any]:
+    """A copy of `schema` whose field at JSON pointer `pointer` is titled with `note` (the least-sure field's mark).
+
+    Only titles change, so the form's widget keys and the validation stay those of `schema`;
+    a pointer the schema does not describe leaves it as it is.
+    """
+    tokens = [t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]]
+    if not tokens:
+        return schema
+    flagged = dict(schema)
+    node, name = flagged, ""
+    for token in tokens:
+        if isinstance(node.get("properties"), dict) and token in node["properties"]:
+            node["properties"] = dict(node["properties"])
+            node["properties"][token] = dict(node["properties"][token])
+            node, name = node["properties"][token], token
+        elif isinstance(node.get("items"), dict) and token.isdigit():
+            node["items"] = dict(node["items"])
+            node, name = node["items"], node["items"].get("title") or name
+        else:
+            return schema
+    node["title"] = f"{node.get('title') or name} · {note}"
+    return flagged
+
+
 def validation_errors(value: Any, schema: dict[str, Any]) -> list[str]:
     """Every way `value` breaks `schema`, each naming where ("at count: 7 is greater than ...")."""
     found = sorted(validator(schema).iter_errors(value), key=lambda error: list(error.absolute_path))

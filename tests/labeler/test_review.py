@@ -85,7 +85,7 @@ def test_recording_a_review_twice_keeps_one_row(reviewed_job) -> None:
         assert session.scalar(select(func.count()).select_from(Review).where(Review.prediction_id == task.prediction_id)) == 1
     assert labeler.next_for_review("alice", PredictionFilter(job_id=job_id, review_state="unreviewed")).prediction_id != task.prediction_id, "reviewed items leave the queue"
     counts = labeler.review_counts(job_id)
-    assert counts == {"accept": 1, "edit": 0, "reject": 0, "unreviewed": 7}
+    assert counts == {"accept": 1, "edit": 0, "reject": 0, "auto": 0, "unreviewed": 7}
 
 
 def test_review_errors(reviewed_job) -> None:

@@ -1,5 +1,8 @@
 """Review: one leased item at a time, least confident first, accepted, corrected, rejected or skipped.
 
+A JSON item shows each field's confidence, and the form marks the least-sure field; a job's
+auto-accepted labels (`llava-labeler auto-accept`) can be undone from here.
+
 Every run asks the labeler for the reviewer's item: the one they already hold comes back
 first (which renews the lease), so a page reload shows the same item and a lease that ran
 out and went to someone else is noticed. Action buttons are keyed by prediction, so a
@@ -17,7 +20,12 @@ from labeler.service import Decision, ReviewError, ReviewTask, probability
 from ui import context, filters, images, schema_form
 
 TASK_KEY, FILTER_KEY, SKIPPED_KEY, NOTICE_KEY = "review.task", "review.filter", "review.skipped", "review.notice"
-ORDERS = {"confidence": "lowest confidence first", "random": "random"}
+ORDERS = {
+    "confidence": "lowest confidence first",
+    "weakest_field": "weakest JSON field first",
+    "calibrated": "least likely right first (calibrated on reviews)",
+    "random": "random",
+}
 
 labeler = context.labeler()
 reviewer = context.reviewer()
@@ -57,8 +65,11 @@ if notice := state.pop(NOTICE_KEY, None):
 counts = labeler.review_counts(wanted.job_id)
 st.caption(
     f"{counts['unreviewed']:,} unreviewed · {counts['accept']:,} accepted · {counts['edit']:,} edited · "
-    f"{counts['reject']:,} rejected · reviewing as **{reviewer}**"
+    f"{counts['reject']:,} rejected · {counts['auto']:,} auto-accepted · reviewing as **{reviewer}**"
 )
+if wanted.job_id is not None and counts["auto"] and st.button(f"Undo job #{wanted.job_id}'s auto-accepts", key="review.undo-auto"):
+    state[NOTICE_KEY] = f"{labeler.undo_auto_accept(wanted.job_id):,} auto-accepted labels are back in the queue."
+    st.rerun()
 if task is None:
     st.info("Nothing to review with these filters." + (" (Skipped items come back when the filters change.)" if state[SKIPPED_KEY] else ""))
     st.stop()
@@ -101,6 +112,12 @@ with detail:
     )
     st.markdown("**Instruction**")
     st.write(task.question or "(the task's default instruction)")
+    weakest = (task.field_confidence or {}).get("weakest")
+    if weakest is not None:
+        sure = {field: probability(logprob) for field, logprob in task.field_confidence["fields"].items()}
+        st.caption("Field confidence: " + " · ".join(
+            (f"**{field} {p:.0%} (least sure)**" if field == weakest else f"{field} {p:.0%}") for field, p in sure.items()
+        ))  # fmt: skip
     st.markdown("**Model output**")
     if task.output_json is not None:
         st.code(json.dumps(task.output_json, indent=2, ensure_ascii=False), language="json")
@@ -118,7 +135,8 @@ with detail:
 
     st.markdown("**Correct it**")
     if task.schema is not None:
-        edited = schema_form.edit(task.schema, task.output_json, key=f"edit-{pid}")
+        form_schema = schema_form.flag_field(task.schema, weakest, "least sure") if weakest else task.schema
+        edited = schema_form.edit(form_schema, task.output_json, key=f"edit-{pid}")
         value, problems = edited.value, edited.problems
     else:
         value = st.text_area("Corrected answer", value=task.text, key=f"edit-{pid}", height=120)
