@@ -12,35 +12,92 @@ prediction after an `accept` or with no review yet, nothing after a `reject`.
 - `llava`: LLaVA-1.5 training records, the user turn rendered by `engine.prompts`
   exactly as inference asks it; reviewed (accepted or edited) items only unless
   `include_unreviewed`;
-- `label-studio`: one task per predicted item, the prediction as a pre-annotation
-  (TextArea `answer` on Image `image`; see LABEL_STUDIO_CONFIG).
+- `label-studio`: one task per predicted item, the prediction as a pre-annotation, and
+  the labeling config beside it (`job-N.label-studio.xml`; `labeler.label_studio`).
+
+Image paths travel: `relative_to` writes local paths relative to a directory (COCO,
+LLaVA, Label Studio; a path outside it is an error), and Label Studio tasks can name
+their image as `image_url_prefix` + that relative path (`/data/local-files/?d=` for
+Label Studio's local-file serving, or an http(s), s3 or gs base). URLs stay as they are.
+A COCO export also writes the model's captions as a COCO results file
+(`job-N.coco-results.json`, `[{"image_id", "caption"}]`, what `COCO.loadRes` reads).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 from sqlalchemy import select
 
 from engine.prompts import IMAGE_TOKEN, build_instruction
+from labeler import label_studio
 from labeler.db import Database
 from labeler.models import Decision, Item, ItemState, Job, ModelVersion, Prediction, Review
 
 PAGE = 1000
 FORMATS = ("jsonl", "coco", "llava", "label-studio")
 SUFFIX = {"jsonl": ".jsonl", "coco": ".coco.json", "llava": ".llava.json", "label-studio": ".label-studio.json"}
-LABEL_STUDIO_CONFIG = (
-    '<View><Image name="image" value="$image"/><Header value="$question"/>'
-    '<TextArea name="answer" toName="image" editable="true"/></View>'
-)
+COMPANION = {"coco": ".coco-results.json", "label-studio": ".label-studio.xml"}  # written beside the export
+URL_PREFIXES = ("/", "http://", "https://", "s3://", "gs://")
 
 
 class ExportError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class ImagePaths:
+    """How an export names images: relative to a directory, and (Label Studio) behind a URL prefix."""
+
+    relative_to: Path | None = None
+    url_prefix: str | None = None
+
+    def path(self, uri: str) -> str:
+        """A local path relative to `relative_to` (an error when outside it); URLs and, without a directory, paths as stored."""
+        if self.relative_to is None or "://" in uri:
+            return uri
+        path = Path(uri)
+        if not path.is_relative_to(self.relative_to):
+            raise ExportError(f"image {uri} is outside {self.relative_to}, the directory image paths are made relative to")
+        return path.relative_to(self.relative_to).as_posix()
+
+    def url(self, uri: str) -> str:
+        """What a Label Studio task loads: `url_prefix` + the relative path for local files."""
+        if self.url_prefix is None or "://" in uri:
+            return self.path(uri)
+        return self.url_prefix + quote(self.path(uri), safe="/")
+
+
+def image_paths(fmt: str, relative_to: str | Path | None, url_prefix: str | None) -> ImagePaths:
+    """Checked image-path options: which formats take them, a real directory, a prefix Label Studio can load."""
+    if relative_to is not None:
+        if fmt == "jsonl":
+            raise ExportError("relative image paths apply to the coco, llava and label-studio exports (jsonl keeps each item's URI)")
+        relative_to = Path(relative_to).expanduser().resolve()
+        if not relative_to.is_dir():
+            raise ExportError(f"{relative_to} is not a directory (image paths are made relative to it)")
+    if url_prefix is not None:
+        if fmt != "label-studio":
+            raise ExportError("an image URL prefix applies to the label-studio export only")
+        if not url_prefix.startswith(URL_PREFIXES):
+            raise ExportError(f"image URL prefix {url_prefix!r} must start with one of {', '.join(URL_PREFIXES)}")
+        if relative_to is None:
+            raise ExportError("an image URL prefix needs the image root, the directory the served paths are relative to")
+    return ImagePaths(relative_to, url_prefix)
+
+
+def companion(fmt: str, out: str | Path) -> Path | None:
+    """The file written beside an export (COCO results, Label Studio config), if the format has one."""
+    if fmt not in COMPANION:
+        return None
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".json").removesuffix(SUFFIX[fmt].removesuffix(".json")) + COMPANION[fmt])
 
 
 @dataclass(frozen=True)
@@ -53,10 +110,7 @@ class Row:
     review: Review | None
 
     def output(self) -> Any:
-        """The prediction's answer: parsed JSON for schema tasks, else the text."""
-        if self.prediction is None:
-            return None
-        return self.prediction.output_json if self.prediction.output_json is not None else self.prediction.text
+        return None if self.prediction is None else prediction_answer(self.prediction)
 
     def label(self) -> Any:
         if self.review is not None:
@@ -65,6 +119,11 @@ class Row:
             if self.review.decision == Decision.EDIT:
                 return self.review.output
         return self.output()
+
+
+def prediction_answer(prediction: Prediction) -> Any:
+    """A prediction's answer as exports show it: parsed JSON for schema tasks, else the text."""
+    return prediction.output_json if prediction.output_json is not None else prediction.text
 
 
 def label_text(value: Any) -> str:
@@ -135,24 +194,31 @@ def _write_array(handle: IO[str], records: Iterator[dict[str, Any]]) -> int:
     return count
 
 
-def _coco(db: Database, job: Job, handle: IO[str]) -> int:
+def _coco(db: Database, job: Job, handle: IO[str], images: ImagePaths, results: IO[str]) -> int:
     def labelled() -> Iterator[Row]:
         return (row for row in iter_rows(db, job.id, done_only=True) if row.label() is not None)
 
     handle.write(json.dumps({"info": {"description": f"llava-labeler job {job.id} ({job.task})"}, "licenses": []})[:-1])
     handle.write(', "images": ')
-    _write_array(handle, ({"id": row.item.id, "file_name": row.item.uri} for row in labelled()))
+    _write_array(handle, ({"id": row.item.id, "file_name": images.path(row.item.uri)} for row in labelled()))
     handle.write(', "annotations": ')
     annotations = (
         {"id": n, "image_id": row.item.id, "caption": label_text(row.label())} for n, row in enumerate(labelled(), start=1)
     )
     count = _write_array(handle, annotations)
     handle.write("}\n")
+    _write_array(results, ({"image_id": row.item.id, "caption": label_text(row.output())} for row in labelled()))
+    results.write("\n")
     return count
 
 
 def llava_records(
-    db: Database, job: Job, *, include_unreviewed: bool = False, item_ids: Collection[int] | None = None
+    db: Database,
+    job: Job,
+    *,
+    include_unreviewed: bool = False,
+    item_ids: Collection[int] | None = None,
+    images: ImagePaths = ImagePaths(),
 ) -> Iterator[tuple[dict[str, Any], Row]]:
     """The job's labels as LLaVA-1.5 training records (reviewed ones only unless `include_unreviewed`;
     only `item_ids` when given), each with its row: the `llava` export and the retrain's data."""
@@ -173,7 +239,7 @@ def llava_records(
         )
         record = {
             "id": f"job{job.id}-item{row.item.id}",
-            "image": row.item.uri,
+            "image": images.path(row.item.uri),
             "conversations": [
                 {"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"},
                 {"from": "gpt", "value": label_text(label)},
@@ -182,53 +248,80 @@ def llava_records(
         yield record, row
 
 
-def _llava(db: Database, job: Job, handle: IO[str], include_unreviewed: bool) -> int:
-    count = _write_array(handle, (record for record, _ in llava_records(db, job, include_unreviewed=include_unreviewed)))
+def _llava(db: Database, job: Job, handle: IO[str], include_unreviewed: bool, images: ImagePaths) -> int:
+    records = llava_records(db, job, include_unreviewed=include_unreviewed, images=images)
+    count = _write_array(handle, (record for record, _ in records))
     handle.write("\n")
     return count
 
 
-def _label_studio(db: Database, job: Job, handle: IO[str]) -> int:
+def _label_studio(db: Database, job: Job, handle: IO[str], images: ImagePaths, config: IO[str]) -> int:
+    try:
+        found = label_studio.fields(job.task, job.schema)
+    except label_studio.LabelStudioError as exc:
+        raise ExportError(str(exc)) from None
+    config.write(label_studio.config(job.task, job.schema))
+
     def tasks() -> Iterator[dict[str, Any]]:
         for row in iter_rows(db, job.id, done_only=True):
             if row.prediction is None:
                 continue
-            result = {
-                "id": f"p{row.prediction.id}",
-                "from_name": "answer",
-                "to_name": "image",
-                "type": "textarea",
-                "value": {"text": [label_text(row.output())]},
-            }
-            prediction = {"model_version": row.model_version, "score": row.prediction.confidence, "result": [result]}
-            data = {"image": row.item.uri, "question": row.item.question or job.instruction or ""}
-            yield {"id": row.item.id, "data": data, "predictions": [prediction]}
+            yield label_studio.task(
+                job_id=job.id,
+                item_id=row.item.id,
+                prediction_id=row.prediction.id,
+                image=images.url(row.item.uri),
+                question=row.item.question or job.instruction or "",
+                found=found,
+                output=row.output(),
+                model_version=row.model_version,
+                score=row.prediction.confidence,
+            )
 
     count = _write_array(handle, tasks())
     handle.write("\n")
     return count
 
 
-def export(db: Database, job_id: int, fmt: str, out: str | Path, *, include_unreviewed: bool = False) -> int:
-    """Write job `job_id` in format `fmt` to `out`; returns the number of records written."""
+def export(
+    db: Database,
+    job_id: int,
+    fmt: str,
+    out: str | Path,
+    *,
+    include_unreviewed: bool = False,
+    relative_to: str | Path | None = None,
+    image_url_prefix: str | None = None,
+) -> int:
+    """Write job `job_id` in format `fmt` to `out` (and its `companion` beside it); returns the number of records."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    images = image_paths(fmt, relative_to, image_url_prefix)
     with db.read() as session:
         job = session.get(Job, job_id)
     if job is None:
         raise ExportError(f"no job {job_id}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    writers: dict[str, Callable[[IO[str]], int]] = {
-        "jsonl": lambda handle: _jsonl(db, job_id, handle),
-        "coco": lambda handle: _coco(db, job, handle),
-        "llava": lambda handle: _llava(db, job, handle, include_unreviewed),
-        "label-studio": lambda handle: _label_studio(db, job, handle),
+    beside = companion(fmt, out)
+    writers: dict[str, Callable[[IO[str], IO[str]], int]] = {
+        "jsonl": lambda handle, _: _jsonl(db, job_id, handle),
+        "coco": lambda handle, results: _coco(db, job, handle, images, results),
+        "llava": lambda handle, _: _llava(db, job, handle, include_unreviewed, images),
+        "label-studio": lambda handle, config: _label_studio(db, job, handle, images, config),
     }
-    with partial.open("w", encoding="utf-8") as handle:
-        count = writers[fmt](handle)
-    partial.replace(out)  # a reader never sees half a file
+    targets = [out] if beside is None else [out, beside]
+    partials = [target.with_name(target.name + ".partial") for target in targets]
+    try:
+        with ExitStack() as stack:
+            handles = [stack.enter_context(partial.open("w", encoding="utf-8")) for partial in partials]
+            count = writers[fmt](handles[0], handles[-1])
+    except BaseException:
+        for partial in partials:
+            partial.unlink(missing_ok=True)
+        raise
+    for partial, target in zip(partials, targets):
+        partial.replace(target)  # a reader never sees half a file
     return count
 
 
