@@ -148,15 +148,30 @@ def _question_and_image(messages: list[Message]) -> tuple[str, str]:
     return text, images[0]
 
 
+def read_chat(chat: ChatCompletionRequest) -> tuple[GenerationOptions, str]:
+    """The engine options and the one image URL of a chat request; `OpenAIError` (400) says what is wrong.
+
+    The one mapping from OpenAI's chat request to the engine's, shared by this route and the
+    labeler's batch lines (`labeler.openai_batch`)."""
+    _unsupported(chat)
+    text, url = _question_and_image(chat.messages)
+    return _options(chat, text), url
+
+
+def data_url_bytes(url: str) -> bytes:
+    """The bytes of a base64 `data:` URL; `OpenAIError` (400) when it is not one."""
+    header, comma, data = url.partition(",")
+    if not comma or not header.endswith(";base64"):
+        raise OpenAIError(400, "image data: URLs must be base64 (data:image/png;base64,...)", param="messages")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise OpenAIError(400, "the image data: URL is not valid base64", param="messages") from None
+
+
 async def _image_bytes(url: str, model: ChatModel) -> bytes:
     if url.startswith("data:"):
-        header, comma, data = url.partition(",")
-        if not comma or not header.endswith(";base64"):
-            raise OpenAIError(400, "image data: URLs must be base64 (data:image/png;base64,...)", param="messages")
-        try:
-            return base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise OpenAIError(400, "the image data: URL is not valid base64", param="messages") from None
+        return data_url_bytes(url)
     if url.startswith(("http://", "https://")):
         return await asyncio.to_thread(_fetch, url, model)
     raise OpenAIError(400, "image_url must be a data: URL or an http(s) URL", param="messages")
@@ -245,10 +260,8 @@ def openai_router(model: ChatModel) -> APIRouter:
                 raise OpenAIError(400, f"invalid request: {error_text(exc)}") from None
             if chat.model != model.name:
                 raise OpenAIError(404, f"the model {chat.model!r} does not exist; this server serves {model.name!r}", param="model", code="model_not_found")
-            _unsupported(chat)
-            text, url = _question_and_image(chat.messages)
+            options, url = read_chat(chat)
             image = await _image_bytes(url, model)
-            options = _options(chat, text)
             try:
                 [result] = await model.run([(options, image)], what="message")
             except ItemErrors as exc:

@@ -30,11 +30,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 
 from engine.backend import GenerationOptions, GenerationRequest, GenerationResult, ServableBackend, TransientEngineError
 from engine.batcher import Batcher, Overloaded, RequestTimeout
@@ -287,10 +288,11 @@ class InferenceGuard:
     (401); every HTTP request's body is capped (413) before any route sees it; the inference routes'
     requests are counted and timed."""
 
-    def __init__(self, app: Callable, max_body: int, api_key: str | None = None) -> None:
+    def __init__(self, app: Callable, max_body: int, api_key: str | None = None, section: str = "SERVING") -> None:
         self.app = app
         self.max_body = max_body
         self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.section = section  # the settings section the messages name (SERVING: the predictor, API: the batch API)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -307,7 +309,7 @@ class InferenceGuard:
         try:
             if not self._authorized(scope):
                 unauthorized = JSONResponse(
-                    {"error": "missing or wrong API key: send `Authorization: Bearer <LLAVA_LABELER_SERVING__API_KEY>`"},
+                    {"error": f"missing or wrong API key: send `Authorization: Bearer <LLAVA_LABELER_{self.section}__API_KEY>`"},
                     status_code=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
@@ -315,7 +317,7 @@ class InferenceGuard:
                 return
             replay = await self._read_body(scope, receive)
         except _BodyTooLarge:
-            message = f"request body over the {self.max_body:,}-byte limit (LLAVA_LABELER_SERVING__MAX_REQUEST_BYTES)"
+            message = f"request body over the {self.max_body:,}-byte limit (LLAVA_LABELER_{self.section}__MAX_REQUEST_BYTES)"
             await JSONResponse({"error": message}, status_code=413)(scope, receive, tracking_send)
         else:
             await self.app(scope, replay, tracking_send)
@@ -441,12 +443,20 @@ class ExposureError(ValueError):
     """The predictor would be reachable by others without an API key; the message says what to set."""
 
 
-def check_exposure(settings: ServingSettings) -> None:
+class Exposed(Protocol):
+    """A server's bind address and key (the predictor's `ServingSettings`, the batch API's `ApiSettings`)."""
+
+    host: str
+    api_key: SecretStr | None
+
+
+def check_exposure(settings: Exposed, section: str = "SERVING") -> None:
     """Refuse to bind anything but loopback without an API key (every server in a cluster has a key or a login)."""
     if not is_loopback(settings.host) and not (settings.api_key and settings.api_key.get_secret_value()):
+        hint = " (the workers send the same)" if section == "SERVING" else ""
         raise ExposureError(
-            f"refusing to serve on {settings.host} without an API key: set LLAVA_LABELER_SERVING__API_KEY "
-            "(the workers send the same), or bind 127.0.0.1"
+            f"refusing to serve on {settings.host} without an API key: set LLAVA_LABELER_{section}__API_KEY"
+            f"{hint}, or bind 127.0.0.1"
         )
 
 

@@ -114,14 +114,45 @@ def submit(
     name: Name = None,
     ext: Extensions = None,
     follow: Annotated[bool, typer.Option(help="Show a progress bar until the job finishes.")] = False,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="manifest (images, folders, .jsonl manifests) | openai-batch (an OpenAI Batch input file: its lines "
+            "carry the requests, one job per request shape)"
+        ),
+    ] = "manifest",
 ) -> None:
     """Create a job from SOURCE and queue its items for the workers."""
     labeler = _labeler()
+    if fmt == "openai-batch":
+        return _submit_openai_batch(labeler, Path(source))
+    if fmt != "manifest":
+        fail(f"unknown --format {fmt!r}: manifest or openai-batch")
     spec = _spec(ask)
     status = _submit(labeler, source, spec, name, batch_size, ext)
     typer.echo(f"submitted: {_describe(status)}")
     if follow:
         typer.echo(_describe(_follow(labeler, status.id)))
+
+
+def _submit_openai_batch(labeler, path: Path) -> None:
+    """An OpenAI Batch input file as jobs; lines that cannot become requests are listed, not fatal."""
+    from labeler.openai_batch import BatchFileError, check_batch_file, submit_batch_lines
+
+    limits = labeler.settings.api
+    try:
+        with path.open("rb") as lines:
+            check_batch_file(lines, max_bytes=limits.max_request_bytes, max_requests=limits.max_requests)
+        with path.open("rb") as lines:
+            submitted = submit_batch_lines(labeler, lines)
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}")
+    except BatchFileError as exc:
+        fail(f"{path}: {exc}")
+    jobs = ", ".join(map(str, submitted.job_ids)) or "none"
+    typer.echo(f"batch {submitted.batch_id}: {submitted.total:,} requests; jobs {jobs}; {len(submitted.refused):,} refused")
+    for refused in submitted.refused:
+        typer.echo(f"  refused: line {refused.line} ({refused.custom_id}): {refused.message}")
 
 
 def status(
@@ -191,22 +222,58 @@ def retry_failed(job_id: JobId) -> None:
 
 def export(
     job_id: JobId,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl | coco | llava | label-studio")] = "jsonl",
+    fmt: Annotated[str, typer.Option("--format", help="jsonl | coco | llava | label-studio | openai-batch")] = "jsonl",
     out: Annotated[Optional[Path], typer.Option(help="Output file (default: build/data/exports/job-N.<format>).")] = None,
     include_unreviewed: Annotated[
         bool, typer.Option(help="llava: also unreviewed predictions (default: reviewed labels only).")
     ] = False,
+    relative_to: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--relative-to",
+            "--image-root",
+            file_okay=False,
+            help="coco, llava, label-studio: write image paths relative to DIR (an image outside it is an error).",
+        ),
+    ] = None,
+    image_url_prefix: Annotated[
+        Optional[str],
+        typer.Option(help="label-studio: image URL = PREFIX + the path relative to --image-root, e.g. /data/local-files/?d="),
+    ] = None,
 ) -> None:
-    """Write a job's results as JSONL, COCO captions, LLaVA conversations or Label Studio tasks."""
-    from labeler.exports import SUFFIX, ExportError
+    """Write a job's results as JSONL, COCO captions (+ a COCO results file), LLaVA conversations or Label Studio tasks
+    (+ their labeling config)."""
+    from labeler.exports import SUFFIX, ExportError, companion
 
     labeler = _labeler()
+    if fmt == "openai-batch":
+        return _export_openai_batch(labeler, job_id, out or _default_export(labeler, job_id, ".openai-batch.jsonl"))
     target = out or _default_export(labeler, job_id, SUFFIX.get(fmt, ""))
     try:
-        count = labeler.export(job_id, fmt, target, include_unreviewed=include_unreviewed)
+        count = labeler.export(
+            job_id, fmt, target, include_unreviewed=include_unreviewed, relative_to=relative_to, image_url_prefix=image_url_prefix
+        )
     except ExportError as exc:
         fail(str(exc))
     typer.echo(f"{count:,} records written to {target}")
+    if (beside := companion(fmt, target)) is not None:
+        typer.echo(f"and {beside}")
+
+
+def _export_openai_batch(labeler, job_id: int, out: Path) -> None:
+    """A job's results as an OpenAI Batch output file, and its failures as the error file beside it."""
+    from labeler.jobs import JobError
+    from labeler.openai_batch import write_batch_results
+
+    try:
+        labeler.status(job_id)
+    except JobError as exc:
+        fail(str(exc))
+    errors = out.with_name(out.name.removesuffix(".jsonl") + ".errors.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as output, errors.open("wb") as error_file:
+        counts = write_batch_results(labeler.db, [job_id], output, error_file)
+    typer.echo(f"{counts.completed:,} responses written to {out}\n{counts.failed:,} errors written to {errors}")
 
 
 def _default_export(labeler, job_id: int, suffix: str) -> Path:
