@@ -4,7 +4,10 @@ Every function takes an open `Database` (and a Celery app where it enqueues) and
 plain values, so the CLI and the review console share them through `labeler.service`.
 State changes and counter moves happen in one transaction; enqueueing happens after
 the commit, and sending an item twice is harmless (workers claim items in the database).
-Every statement that sends items also stamps their `sent_at`, so the sweeper can tell
+The broker holds a window of a job's items, not all of them: submit sends the first
+`queue_window` messages' worth, and each worker's sweeper tops the queue up from the
+never-sent items (`sent_at` null) once half are taken (`top_up`). Every statement that
+sends items also stamps their `sent_at`, so the sweeper can tell
 an item whose message the broker lost (pending, not sent for `stale_after_s`, and no
 message waiting in the queue) and send it again (`resend_stale`). A job with items
 pending that no live worker serves, or that has not progressed for `stale_after_s`, is
@@ -21,12 +24,13 @@ from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import Select, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from engine.backend import GenerationOptions
 from labeler.settings import LabelerConfig, LabelerSettings
 from labeler.batches import finish_job_if_complete
+from labeler.bulk_insert import insert_rows
 from labeler.db import Database
 from labeler.models import (
     ACTIVE_JOB_STATES,
@@ -40,7 +44,7 @@ from labeler.models import (
     WorkerBeat,
     utcnow,
 )
-from labeler.queue import batched, enqueue
+from labeler.queue import batched, enqueue, waiting_messages
 from labeler.registry import serving_uri, version_for_uri
 from labeler.sources import IMAGE_EXTENSIONS, SourceError, iter_source
 
@@ -250,7 +254,7 @@ def submit(
         _discard(db, job_id)
         raise
     try:
-        send_pending(db, app, settings, job_id, batch)
+        top_up(db, app, settings, waiting_messages(app, settings.labeler.queue))
     except KombuOperationalError as exc:  # the items are safe in the database: say how to send them later
         raise JobError(
             f"job {job_id} is saved with its items but could not be queued: the broker is unreachable ({exc}); "
@@ -263,7 +267,8 @@ def submit(
 
 
 def _insert_items(db: Database, job_id: int, items: Iterator, progress: Callable[[int], None] | None) -> None:
-    """Bulk-insert in chunks, each chunk and its counters in one transaction (a crash leaves a consistent job)."""
+    """Bulk-insert in chunks (COPY on PostgreSQL), each chunk and its counters in one transaction (a crash
+    leaves a consistent job)."""
     for chunk in batched(items, INSERT_CHUNK):
         now = utcnow()
         rows = [
@@ -277,13 +282,13 @@ def _insert_items(db: Database, job_id: int, items: Iterator, progress: Callable
                 "attempts": 0,
                 "error": item.error,
                 "finished_at": now if item.error else None,
-                "sent_at": now,  # sent as soon as the submit ends; a submit that dies first is healed by the sweeper
+                "sent_at": None,  # never sent: submit sends the queue's window, the sweepers the rest
             }
             for item in chunk
         ]
         refused = sum(1 for item in chunk if item.error)
         with db.write() as session:
-            session.execute(insert(Item.__table__), rows)
+            insert_rows(session, Item.__table__, rows)
             session.execute(
                 update(Job).where(Job.id == job_id).values(total=Job.total + len(rows), failed=Job.failed + refused)
             )
@@ -316,15 +321,14 @@ def pending_item_ids(db: Database, job_id: int) -> Iterator[int]:
         last = page[-1]
 
 
-def _mark_sent(job_id: int, after: int, now: datetime, stale_before: datetime | None):
-    """One statement that picks the next page of the job's pending ids (only stale ones with
-    `stale_before`) and stamps them sent, returning them: a million items take 100 statements."""
-    page = select(Item.id).where(Item.job_id == job_id, Item.status == ItemState.PENDING, Item.id > after)
-    if stale_before is not None:
-        page = page.where(or_(Item.sent_at.is_(None), Item.sent_at < stale_before))
+def _mark_sent(job_id: int, after: int, now: datetime, which, limit: int):
+    """One statement that picks the next page of the job's pending ids matching `which` (a condition
+    on `sent_at`) and stamps them sent, returning them: a million items take 100 statements. The
+    condition is checked again on each row, so two sweepers topping up at once send a page once."""
+    page = select(Item.id).where(Item.job_id == job_id, Item.status == ItemState.PENDING, Item.id > after, which)
     return (
         update(Item)
-        .where(Item.id.in_(page.order_by(Item.id).limit(ID_PAGE)))
+        .where(Item.id.in_(page.order_by(Item.id).limit(limit)), which)
         .values(sent_at=now)
         .returning(Item.id)
         .execution_options(synchronize_session=False)
@@ -332,19 +336,50 @@ def _mark_sent(job_id: int, after: int, now: datetime, stale_before: datetime | 
 
 
 def send_pending(
-    db: Database, app: Celery, settings: LabelerConfig, job_id: int, batch_size: int, *, stale_before: datetime | None = None
+    db: Database,
+    app: Celery,
+    settings: LabelerConfig,
+    job_id: int,
+    batch_size: int,
+    *,
+    stale_before: datetime | None = None,
+    limit: int | None = None,
 ) -> int:
-    """Send the job's pending items (with `stale_before`, those last sent before it) page by page;
-    returns how many. A page is stamped before it is published, so a publish that fails part-way
-    leaves items the sweeper sends again once they are stale."""
+    """Send the job's never-sent pending items (with `stale_before`, those last sent before it),
+    at most `limit`, page by page; returns how many. A page is stamped before it is published, so
+    a publish that fails part-way leaves items the sweeper sends again once they are stale."""
+    which = Item.sent_at.is_(None) if stale_before is None else Item.sent_at < stale_before
     sent = after = 0
-    while True:
+    while limit is None or sent < limit:
+        page = ID_PAGE if limit is None else min(ID_PAGE, limit - sent)
         with db.write() as session:
-            ids = sorted(session.scalars(_mark_sent(job_id, after, utcnow(), stale_before)))
+            ids = sorted(session.scalars(_mark_sent(job_id, after, utcnow(), which, page)))
         if not ids:
-            return sent
+            break
         enqueue(app, job_id, ids, batch_size, settings.labeler.queue)
         sent, after = sent + len(ids), ids[-1]
+    return sent
+
+
+def top_up(db: Database, app: Celery, settings: LabelerConfig, waiting: int) -> int:
+    """Fill the queue back to `queue_window` messages once fewer than half wait (`waiting`), from the
+    never-sent items of runnable jobs, oldest job first; returns how many items were sent.
+
+    The database is where a job's items wait; the broker holds only a window of them, so a
+    submit of a million items publishes a thousand messages, not thirty thousand."""
+    window = settings.labeler.queue_window
+    if waiting >= window // 2:
+        return 0
+    unsent = exists().where(Item.job_id == Job.id, Item.status == ItemState.PENDING, Item.sent_at.is_(None))
+    with db.read() as session:
+        runnable = session.execute(select(Job.id, Job.batch_size).where(Job.status.in_(RUNNABLE_JOB_STATES), unsent).order_by(Job.id)).all()
+    budget, sent = window - waiting, 0
+    for job_id, batch_size in runnable:
+        count = send_pending(db, app, settings, job_id, batch_size, limit=budget * batch_size)
+        sent, budget = sent + count, budget - -(-count // batch_size)
+        if budget <= 0:
+            break
+    return sent
 
 
 def _change_state(db: Database, job_id: int, allowed: tuple[str, ...], new: str, verb: str) -> Job:
@@ -365,9 +400,17 @@ def pause(db: Database, job_id: int) -> JobStatus:
 
 
 def resume(db: Database, app: Celery, settings: LabelerConfig, job_id: int) -> JobStatus:
-    """Run a paused job again: every pending item is sent out (also repairs a job whose enqueue broke off)."""
-    job = _change_state(db, job_id, (JobState.PAUSED, *RUNNABLE_JOB_STATES), JobState.QUEUED, "resume")
-    send_pending(db, app, settings, job_id, job.batch_size)
+    """Run a paused job again: every pending item counts as never sent and the queue is topped up
+    (also repairs a job whose messages were lost; a duplicate message claims nothing)."""
+    _change_state(db, job_id, (JobState.PAUSED, *RUNNABLE_JOB_STATES), JobState.QUEUED, "resume")
+    with db.write() as session:
+        session.execute(
+            update(Item)
+            .where(Item.job_id == job_id, Item.status == ItemState.PENDING)
+            .values(sent_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    top_up(db, app, settings, waiting=0)
     with db.write() as session:
         finish_job_if_complete(session, job_id)
     return get_status(db, job_id, settings.labeler)
@@ -452,11 +495,7 @@ def resend_stale(db: Database, app: Celery, settings: LabelerConfig, waiting: in
     if waiting:
         return 0
     stale_before = utcnow() - timedelta(seconds=settings.labeler.stale_after_s)
-    stale_item = exists().where(
-        Item.job_id == Job.id,
-        Item.status == ItemState.PENDING,
-        or_(Item.sent_at.is_(None), Item.sent_at < stale_before),
-    )
+    stale_item = exists().where(Item.job_id == Job.id, Item.status == ItemState.PENDING, Item.sent_at < stale_before)
     with db.read() as session:
         stale_jobs = session.execute(select(Job.id, Job.batch_size).where(Job.status.in_(RUNNABLE_JOB_STATES), stale_item)).all()
     return sum(send_pending(db, app, settings, job_id, batch, stale_before=stale_before) for job_id, batch in stale_jobs)

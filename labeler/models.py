@@ -31,7 +31,6 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy import text as sql
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -62,6 +61,7 @@ class Decision(StrEnum):
     ACCEPT = "accept"
     EDIT = "edit"
     REJECT = "reject"
+    AUTO = "auto"  # accepted without a person, above a threshold measured on the job's reviews (labeler.auto_accept)
 
 
 class ModelState(StrEnum):
@@ -80,7 +80,7 @@ RUNNABLE_JOB_STATES = (JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
 FINISHED_JOB_STATES = (JobState.COMPLETED, JobState.CANCELLED)
 
 Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite only auto-increments INTEGER PRIMARY KEY
-Json = JSON().with_variant(JSONB(), "postgresql")
+Json = JSON()  # `json` on PostgreSQL keeps object keys in order (a schema's order is its prompt); `jsonb` sorts them
 
 
 def utcnow() -> datetime:
@@ -192,6 +192,7 @@ class Prediction(Base):
     text: Mapped[str] = mapped_column(Text)
     output_json: Mapped[Any] = mapped_column("json", Json, nullable=True)
     confidence: Mapped[float | None] = mapped_column(Float)
+    field_confidence: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)  # engine.field_confidence
     tokens: Mapped[int] = mapped_column(Integer)
     finish_reason: Mapped[str] = mapped_column(String(16))
     latency_ms: Mapped[float] = mapped_column(Float)
@@ -212,6 +213,7 @@ class Review(Base):
     output: Mapped[Any] = mapped_column(Json, nullable=True)
     reviewer: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    threshold: Mapped[float | None] = mapped_column(Float)  # the confidence an `auto` decision was accepted above
 
 
 class Lock(Base):

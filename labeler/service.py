@@ -20,12 +20,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labeler.settings import LabelerConfig
-from labeler import console_queries, exports, jobs, registry, retrain, review
+from labeler import auto_accept, calibration, console_queries, exports, import_reviews, jobs, registry, retrain, review
 from labeler.accuracy import Accuracy, score_job
 from labeler.confidence import mean_logprob, probability
 from labeler.console_queries import BrowsePage, BrowseQuery, BrowseRow, FailureReason, ReviewRates
 from labeler.db import Database, open_database
-from labeler.exports import FORMATS, SUFFIX, ExportError, label_text
+from labeler.exports import FORMATS, SUFFIX, ExportError, companion, label_text
 from labeler.jobs import FailedItem, JobError, JobSpec, JobStatus
 from labeler.models import RUNNABLE_JOB_STATES, Decision, ItemState, JobState, ModelState, ModelVersion
 from labeler.queue import make_celery
@@ -66,6 +66,7 @@ __all__ = [
     "ReviewRates",
     "ReviewTask",
     "SourceError",
+    "companion",
     "label_text",
 ]
 
@@ -133,8 +134,23 @@ class Labeler:
     def accuracy(self, job_id: int) -> Accuracy | None:
         return score_job(self.db, job_id)
 
-    def export(self, job_id: int, fmt: str, out: str | Path, *, include_unreviewed: bool = False) -> int:
-        return exports.export(self.db, job_id, fmt, out, include_unreviewed=include_unreviewed)
+    def export(
+        self,
+        job_id: int,
+        fmt: str,
+        out: str | Path,
+        *,
+        include_unreviewed: bool = False,
+        relative_to: str | Path | None = None,
+        image_url_prefix: str | None = None,
+    ) -> int:
+        return exports.export(
+            self.db, job_id, fmt, out, include_unreviewed=include_unreviewed, relative_to=relative_to, image_url_prefix=image_url_prefix
+        )
+
+    def import_reviews(self, job_id: int, path: str | Path, fmt: str = "label-studio") -> import_reviews.ImportSummary:
+        """Record the annotations of a review tool's export (Label Studio JSON) as reviews of the job."""
+        return import_reviews.import_reviews(self.db, job_id, path, fmt)
 
     # review
     def next_for_review(
@@ -157,6 +173,19 @@ class Labeler:
 
     def review_counts(self, job_id: int | None = None) -> dict[str, int]:
         return review.review_counts(self.db, job_id)
+
+    # trust: calibration from reviews, auto-accept at a measured precision
+    def calibration(self, scope: calibration.Scope) -> calibration.Calibration:
+        """Score → P(right) fitted on the scope's reviews (`calibration.CalibrationError` when too few)."""
+        return calibration.calibrate(self.db, scope)
+
+    def auto_accept(self, job_id: int, precision: float, *, dry_run: bool = False, **limits: Any) -> tuple[auto_accept.Plan, int]:
+        """The plan at `precision` and how many predictions it accepted (none on a dry run)."""
+        found = auto_accept.plan(self.db, job_id, precision, **limits)
+        return found, 0 if dry_run else auto_accept.apply(self.db, found)
+
+    def undo_auto_accept(self, job_id: int) -> int:
+        return auto_accept.undo(self.db, job_id)
 
     # the console's pages
     def image_bytes(self, uri: str) -> bytes:

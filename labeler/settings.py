@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from engine.settings import EngineConfig
 
@@ -27,6 +27,12 @@ class LabelerSettings(BaseModel):
         description="A pending item not sent for this long while the queue is empty is sent again (its message was lost); "
         "a job with items pending and no progress for this long shows as stalled.",
     )
+    queue_window: int = Field(
+        default=512,
+        ge=2,
+        description="Messages the queue holds ahead of the workers: submit sends the first ones, the sweeper tops the queue "
+        "up from the database when half are taken (a million-item job neither waits on its enqueue nor floods the broker).",
+    )
     heartbeat_s: float = Field(
         default=5.0, gt=0, description="How often a worker records that it is alive; 3 missed beats: it counts as gone."
     )
@@ -34,6 +40,17 @@ class LabelerSettings(BaseModel):
     metrics_host: str = Field(default="127.0.0.1", description="Worker metrics bind address (the pod IP in a cluster).")
     review_lease_s: float = Field(default=600.0, gt=0, description="How long a reviewer holds an item.")
     max_manifest_bytes: int = Field(default=1024**3, ge=1, description="Largest manifest fetched from a URL.")
+
+
+class BenchmarkGate(BaseModel):
+    """A paper benchmark the retrain runs on candidate and active model (`llava-labeler benchmark run`)."""
+
+    name: str = Field(description="The benchmark (`llava-labeler benchmark list`): pope, gqa, mme, ...")
+    data: Path = Field(description="Its folder in LLaVA's layout (playground/data/eval/<name>).")
+    margin: float = Field(
+        default=1.0, description="Largest drop allowed, in the benchmark's score (percent; MME: points); below 0: the gain required."
+    )
+    limit: int | None = Field(default=None, ge=1, description="Ask only the first N questions (a faster gate).")
 
 
 class RetrainSettings(BaseModel):
@@ -56,6 +73,11 @@ class RetrainSettings(BaseModel):
     extra_train_args: list[str] = Field(default_factory=list, description="More `llava-labeler train` options, as is.")
     eval_batch_size: int = Field(default=32, ge=1)
     lock_ttl_s: float = Field(default=600.0, gt=0, description="A lock not renewed this long is free (a crashed retrain).")
+    benchmarks: list[BenchmarkGate] = Field(
+        default_factory=list,
+        description="Paper benchmarks run on candidate and active model; a candidate that drops any by more than its "
+        'margin is rejected. JSON: [{"name": "pope", "data": "/data/eval/pope", "margin": 1.0, "limit": 500}].',
+    )
 
 
 class RolloutSettings(BaseModel):
@@ -82,6 +104,28 @@ class RolloutSettings(BaseModel):
     poll_s: float = Field(default=10.0, gt=0, description="How often the InferenceService's status is read.")
 
 
+class ApiSettings(BaseModel):
+    """The OpenAI Files and Batches API over jobs (`llava-labeler api`)."""
+
+    host: str = Field(default="127.0.0.1", description="Bind address; 0.0.0.0 only inside a pod (then an API key is required).")
+    port: int = Field(default=8090, ge=0, le=65535, description="HTTP port (0: any free port).")
+    api_key: SecretStr | None = Field(
+        default=None, description="Bearer token every request must carry; required to bind anything but loopback."
+    )
+    store: str = Field(
+        default="",
+        description="Where uploaded files, batch documents, results and data: URL images live: a directory or an fsspec "
+        "URL (s3://bucket/prefix, enabled in fetch.object_stores) the workers can read too; empty: data_dir/api.",
+    )
+    max_request_bytes: int = Field(
+        default=200 * 1024 * 1024,
+        ge=1024,
+        description="Largest batch file (OpenAI's 200 MB): 400 naming the line; a body over it by more than the form's "
+        "framing (64 KiB) is refused unread (413).",
+    )
+    max_requests: int = Field(default=50_000, ge=1, description="Most requests (lines) in one batch file (OpenAI's 50,000).")
+
+
 class LabelerConfig(EngineConfig):
     """Everything the labeler reads: its own sections on top of the engine's."""
 
@@ -91,3 +135,4 @@ class LabelerConfig(EngineConfig):
     labeler: LabelerSettings = LabelerSettings()
     retrain: RetrainSettings = RetrainSettings()
     rollout: RolloutSettings = RolloutSettings()
+    api: ApiSettings = ApiSettings()

@@ -3,12 +3,13 @@
 `start_worker` is what `llava-labeler worker` runs: a prefork Celery worker whose
 children each load the engine once (on their first batch) and process batches through
 `BatchProcessor`; the parent serves Prometheus metrics and runs the sweeper every few
-seconds, which records the worker's heartbeat (so `status` can tell a job no worker
-serves), resends the items of a worker that died and the items waiting out a retry
-backoff (`requeue_expired`), and resends pending items whose messages the broker lost
-(`resend_stale`), and wakes a consumer that takes no message while messages wait
-(`ConsumerWatch`: Celery's consumer can go quiet after a broker restart). `InProcessWorker` runs the same task in a thread of the calling
-process (`llava-labeler run`).
+seconds. The sweeper records the worker's heartbeat (so `status` can tell a job no
+worker serves); resends the items of a worker that died and those waiting out a retry
+backoff (`requeue_expired`) and pending items whose messages the broker lost
+(`resend_stale`); tops the queue up from the database (`top_up`); and wakes a consumer
+that takes no message while messages wait (`ConsumerWatch`: Celery's consumer can go
+quiet after a broker restart). `InProcessWorker` runs the same task in a thread of the
+calling process (`llava-labeler run`).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def forget_worker(db: Database, name: str) -> None:
 
 class Sweeper(threading.Thread):
     """Every `period` seconds: the worker's heartbeat, then resending expired leases (dead workers'
-    items, retry backoffs) and pending items whose messages the broker lost."""
+    items, retry backoffs) and pending items whose messages the broker lost, or topping the queue up."""
 
     def __init__(self, app: Celery, settings: LabelerConfig, worker_name: str):
         super().__init__(name="lease-sweeper", daemon=True)
@@ -134,6 +135,8 @@ class Sweeper(threading.Thread):
         waiting = waiting_messages(self.app, self.settings.labeler.queue)
         if count := jobs.resend_stale(db, self.app, self.settings, waiting):
             log.warning("resent %d pending items whose messages the broker lost", count)
+        elif count := jobs.top_up(db, self.app, self.settings, waiting):
+            log.info("topped the queue up with %d items", count)
         self.consumer_watch.check(waiting)
 
     def run(self) -> None:

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from entrypoints.cli import console, jobs, predict, retrain, serve, train
+from entrypoints.cli import api, benchmark, console, import_reviews, jobs, predict, retrain, serve, train, trust
 
 app = typer.Typer(
     name="llava-labeler",
@@ -37,7 +37,7 @@ def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Lo
         hf_logging.disable_progress_bar()
 
 
-COMMAND_MODULES = (predict, serve, jobs, retrain, train, console)
+COMMAND_MODULES = (predict, serve, jobs, retrain, train, console, import_reviews, trust, api, benchmark)
 for _module in COMMAND_MODULES:
     _module.register(app)
 

@@ -313,3 +313,36 @@ def test_submit_enqueues_one_task_per_batch(labeler_settings, redis_broker, pg_d
     status = labeler.submit(str(manifest), CAPTION, progress=seen.append)
     assert (status.total, status.status, sum(seen)) == (20_000, "queued", 20_000)
     assert redis.Redis.from_url(broker).llen(queue) == 40
+
+
+def test_json_keeps_its_key_order_on_postgres(labeler_settings, pg_database, tmp_path: Path, png) -> None:
+    """A schema's property order is the prompt's (and a reviewed answer's is the retrain's target):
+    PostgreSQL's `jsonb` would hand both back sorted by key length, then name."""
+    order = ["shape", "color", "count", "position"]
+    schema = {"type": "object", "properties": {key: {"type": "string"} for key in order}, "required": order}
+    (tmp_path / "a.png").write_bytes(png(1))
+    labeler = Labeler(labeler_settings(database_url=pg_database))
+    job = labeler.submit(str(tmp_path / "a.png"), JobSpec(task="json", instruction="Describe it.", schema=schema))
+    with labeler.db.read() as session:
+        stored = session.get(Job, job.id).schema
+    assert list(stored["properties"]) == order and stored["required"] == order
+
+
+def test_the_queue_holds_a_window_and_the_sweeper_tops_it_up(labeler_settings, tiny_backend, tmp_path: Path, png, wait_for) -> None:
+    """A job bigger than the queue's window: submit publishes the window only, the rest waits in the
+    database (never sent), and the worker's sweeper sends it as the queue drains."""
+    from labeler.queue import waiting_messages
+
+    for i in range(24):
+        (tmp_path / f"{i:02d}.png").write_bytes(png(i))
+    settings = labeler_settings(batch_size=2, queue_window=4, retry_backoff_s=0.2)
+    labeler = Labeler(settings)
+    job = labeler.submit(str(tmp_path), CAPTION)
+    assert waiting_messages(labeler.app, settings.labeler.queue) == 4
+    with labeler.db.read() as session:
+        unsent = session.scalar(select(func.count()).where(Item.job_id == job.id, Item.sent_at.is_(None)))
+    assert unsent == 24 - 4 * 2
+    with InProcessWorker(settings, tiny_backend):
+        wait_for(lambda: labeler.status(job.id).finished, 120, "the job to finish through top-ups")
+    assert (labeler.status(job.id).done, labeler.status(job.id).failed) == (24, 0)
+    assert_consistent(labeler.db, job.id)
