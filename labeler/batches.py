@@ -14,6 +14,15 @@ Exactly-once rests on the database, not on the queue:
    the job's counters by exactly the rows it finished. Rows cancelled or re-claimed in
    the meantime are not ours any more and are left alone.
 
+Each image is labelled once: before generating, one indexed query per batch finds earlier
+predictions of the same image (content hash), prompt and model version that generating would
+give again (within the batch's budget), from this job or any other, and those items copy them
+(a prediction marked `cached`, counted in the job's `cache_hits`); of the items of a batch
+that share an image and prompt only the first is generated. A job submitted with `use_cache`
+off (`--no-cache`) generates every item. A JSON answer cut off by `max_new_tokens` is asked
+again once, in the same batch, with the budget `engine.schema_budget.reask_budget` gives
+(counted in the job's `reasks`) before it fails.
+
 Per-item problems fail that item at once with the reason: anything raised while its image
 is read or its request built, expected or not, is the item's alone. Only an engine-wide
 problem is transient: `TransientEngineError` from `generate` releases the
@@ -39,8 +48,9 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from engine.backend import Backend, GenerationRequest, GenerationResult, TransientEngineError
+from engine.backend import Backend, GenerationOptions, GenerationRequest, GenerationResult, TransientEngineError
 from engine.prompts import prompt_hash
+from engine.schema_budget import reask_budget
 from labeler.settings import LabelerConfig
 from labeler.db import Database, dialect_insert
 from labeler.models import RUNNABLE_JOB_STATES, Item, ItemState, Job, JobState, Prediction, utcnow
@@ -73,6 +83,12 @@ class _Work:
     last_error: str | None
     request: GenerationRequest | None = None
     content_hash: str | None = None
+    prompt_hash: str | None = None
+
+    @property
+    def key(self) -> tuple[str | None, str | None]:
+        """What makes two items the same question: their image and their prompt."""
+        return self.content_hash, self.prompt_hash
 
 
 @dataclass
@@ -82,18 +98,43 @@ class _Outcome:
     failures: dict[int, str] = field(default_factory=dict)
     results: dict[int, tuple[_Work, GenerationResult]] = field(default_factory=dict)
     released: dict[int, tuple[str, float]] = field(default_factory=dict)  # reason, backoff seconds
+    cached: set[int] = field(default_factory=set)  # results copied from an earlier prediction
+    reasked: set[int] = field(default_factory=set)  # items asked again after a cut-off answer
     engine_seconds: float = 0.0
+
+    def add(self, work: _Work, result: GenerationResult, *, cached: bool = False) -> None:
+        if result.error:
+            self.failures[work.id] = result.error
+            return
+        self.results[work.id] = (work, result)
+        if cached:
+            self.cached.add(work.id)
 
 
 def generation_request(job: Job, question: str | None, image: bytes) -> GenerationRequest:
     """The engine request for one item of `job` (the item's question overrides the job's)."""
+    options = {key: value for key, value in job.generation.items() if key in GenerationOptions.model_fields}
     return GenerationRequest(
         image=image,
         task=job.task,  # type: ignore[arg-type]
         instruction=question or job.instruction,
         json_schema=job.schema,
-        **job.generation,
+        **options,
     )
+
+
+def uses_cache(job: Job) -> bool:
+    """Whether the job reuses earlier predictions (`labeler.jobs.JobSpec.use_cache`, stored with its options)."""
+    return bool(job.generation.get("use_cache", True))
+
+
+def _cut_off(request: GenerationRequest, result: GenerationResult) -> bool:
+    return request.json_schema is not None and result.finish_reason == "length" and result.error is not None
+
+
+def _cut_off_budget(request: GenerationRequest, cap: int) -> int | None:
+    """The budget a JSON `request` is asked again with when its answer is cut off, or None (it fails)."""
+    return reask_budget(request.json_schema, request.max_new_tokens, cap)  # type: ignore[arg-type]
 
 
 class BatchProcessor:
@@ -204,15 +245,28 @@ class BatchProcessor:
                 ready.append(work)
             else:
                 outcome.failures[work.id] = failure
-        if not ready:
+        reuse = uses_cache(job)
+        known = self._earlier_predictions(ready) if reuse and ready else {}
+        generating: list[_Work] = []
+        waiting: list[_Work] = []  # the same image and prompt as an item generated in this batch
+        first: dict[tuple[str | None, str | None], _Work] = {}
+        for work in ready:
+            if work.key in known:
+                outcome.add(work, known[work.key], cached=True)
+            elif reuse and work.key in first:
+                waiting.append(work)
+            else:
+                first.setdefault(work.key, work)
+                generating.append(work)
+        if not generating:
             return outcome
         started = time.perf_counter()
         try:
-            results = self._backend().generate([work.request for work in ready])  # type: ignore[misc]
+            results = self._generate(generating, outcome)
         except TransientEngineError as exc:
             outcome.engine_seconds = time.perf_counter() - started
             limits = self.settings.labeler
-            for work in ready:
+            for work in [*generating, *waiting]:
                 if work.attempts <= limits.max_retries:
                     backoff = min(MAX_BACKOFF_S, limits.retry_backoff_s * 2 ** (work.attempts - 1))
                     outcome.released[work.id] = (f"engine error, will retry: {exc}", backoff)
@@ -220,12 +274,67 @@ class BatchProcessor:
                     outcome.failures[work.id] = f"engine unavailable after {work.attempts} tries: {exc}"
             return outcome
         outcome.engine_seconds = time.perf_counter() - started
-        for work, result in zip(ready, results, strict=True):
-            if result.error:
-                outcome.failures[work.id] = result.error
-            else:
-                outcome.results[work.id] = (work, result)
+        generated = {work.id: result for work, result in zip(generating, results, strict=True)}
+        for work in generating:
+            outcome.add(work, generated[work.id])
+        for work in waiting:
+            outcome.add(work, generated[first[work.key].id], cached=True)
         return outcome
+
+    def _earlier_predictions(self, works: list[_Work]) -> dict[tuple[str | None, str | None], GenerationResult]:
+        """The answers this model already gave to the batch's images and prompts, by (content hash, prompt
+        hash), from any job: one query on `ix_predictions_cache`. Only answers generating would give again
+        are reused: one that ended on its own within this batch's budget, or one cut off at exactly it (a
+        caption cut off at 6 tokens is not the answer to a budget of 16)."""
+        budget = self._largest_budget(works[0].request)  # type: ignore[arg-type]  (the job's: one per batch)
+        query = select(
+            Prediction.content_hash,
+            Prediction.prompt_hash,
+            Prediction.text,
+            Prediction.output_json,
+            Prediction.confidence,
+            Prediction.field_confidence,
+            Prediction.tokens,
+        ).where(
+            Prediction.content_hash.in_({work.content_hash for work in works}),
+            Prediction.prompt_hash.in_({work.prompt_hash for work in works}),
+            Prediction.model_version_id == self.model_version_id(),
+            Prediction.tokens <= budget,
+            or_(Prediction.finish_reason == "stop", Prediction.tokens == budget),
+            Prediction.cached.is_(False),  # the originals: one row per generation, not one per copy
+        )
+        with self.db.read() as session:
+            rows = session.execute(query).all()
+        return {
+            (content, prompt): GenerationResult(text=text, json=answer, confidence=confidence, field_confidence=fields, tokens=tokens)
+            for content, prompt, text, answer, confidence, fields, tokens in rows
+        }
+
+    def _largest_budget(self, request: GenerationRequest) -> int:
+        """The most tokens an answer to `request` may take here: its budget, or a JSON answer's re-ask budget."""
+        again = _cut_off_budget(request, self.settings.labeler.max_reask_tokens) if request.json_schema is not None else None
+        return again or request.max_new_tokens
+
+    def _generate(self, works: list[_Work], outcome: _Outcome) -> list[GenerationResult]:
+        """Generate the batch, then once more, with a larger budget (`reask_budget`), the JSON answers
+        cut off by theirs; an answer cut off again fails with both budgets named."""
+        backend = self._backend()
+        requests: list[GenerationRequest] = [work.request for work in works]  # type: ignore[misc]
+        results = backend.generate(requests)
+        cap = self.settings.labeler.max_reask_tokens
+        again: dict[int, GenerationRequest] = {}
+        for i, (request, result) in enumerate(zip(requests, results, strict=True)):
+            budget = _cut_off_budget(request, cap) if _cut_off(request, result) else None
+            if budget is not None:
+                again[i] = request.model_copy(update={"max_new_tokens": budget})
+        if not again:
+            return results
+        for i, result in zip(again, backend.generate(list(again.values())), strict=True):
+            if result.error:
+                result.error = f"{result.error} (asked again: first cut off at max_new_tokens={requests[i].max_new_tokens})"
+            results[i] = result
+            outcome.reasked.add(works[i].id)
+        return results
 
     def _prepare(self, job: Job, work: _Work) -> str | None:
         """Read and hash the item's image and build its request; None, or the reason the item fails.
@@ -238,7 +347,7 @@ class BatchProcessor:
             image = read_image_bytes(work.uri, self.settings)
             work.content_hash = hashlib.sha256(image).hexdigest()
             work.request = generation_request(job, work.question, image)
-            _ = work.request.prompt  # a vqa item without a question fails here, alone
+            work.prompt_hash = prompt_hash(work.request.prompt, work.request.json_schema)  # a vqa item without a question fails here, alone
         except (ReadError, ValueError) as exc:
             return str(exc)
         except Exception as exc:
@@ -276,14 +385,21 @@ class BatchProcessor:
         ]
         for rows in (done_rows, failed_rows, released_rows):
             _update_rows(session, rows)
-        per_item_ms = 1000 * outcome.engine_seconds / max(1, len(outcome.results))
-        predictions = [outcome.results[row["id"]] for row in done_rows]
+        per_item_ms = 1000 * outcome.engine_seconds / max(1, len(outcome.results) - len(outcome.cached))
+        predictions = [(*outcome.results[row["id"]], row["id"] in outcome.cached) for row in done_rows]
         _upsert_predictions(session, job_id, model_version_id, predictions, per_item_ms, now)
         if done_rows or failed_rows:
+            finished_ids = {row["id"] for row in (*done_rows, *failed_rows)}
             session.execute(
                 update(Job)
                 .where(Job.id == job_id)
-                .values(done=Job.done + len(done_rows), failed=Job.failed + len(failed_rows), progressed_at=now)
+                .values(
+                    done=Job.done + len(done_rows),
+                    failed=Job.failed + len(failed_rows),
+                    reasks=Job.reasks + len(outcome.reasked & finished_ids),
+                    cache_hits=Job.cache_hits + len(outcome.cached & finished_ids),
+                    progressed_at=now,
+                )
                 .execution_options(synchronize_session=False)
             )
             finish_job_if_complete(session, job_id)
@@ -293,36 +409,40 @@ def _upsert_predictions(
     session: Session,
     job_id: int,
     model_version_id: int,
-    rows: list[tuple[_Work, GenerationResult]],
+    rows: list[tuple[_Work, GenerationResult, bool]],
     latency_ms: float,
     now: datetime,
 ) -> None:
-    """Insert, or on (item, model version, prompt hash) conflict overwrite: never a second row."""
+    """Insert, or on (item, model version, prompt hash) conflict overwrite: never a second row.
+    Each row is (work, result, whether the result was copied from an earlier prediction)."""
     if not rows:
         return
     values: list[dict[str, Any]] = []
-    for work, result in rows:
-        request = work.request
-        assert request is not None
+    for work, result, cached in rows:
         values.append(
             {
                 "item_id": work.id,
                 "job_id": job_id,
                 "model_version_id": model_version_id,
-                "prompt_hash": prompt_hash(request.prompt, request.json_schema),
+                "prompt_hash": work.prompt_hash,
+                "content_hash": work.content_hash,
+                "cached": cached,
                 "text": result.text,
                 "json": result.json,
                 "confidence": result.confidence,
                 "field_confidence": result.field_confidence,
                 "tokens": result.tokens,
                 "finish_reason": result.finish_reason,
-                "latency_ms": latency_ms,
+                "latency_ms": 0.0 if cached else latency_ms,
                 "reviewed": False,
                 "created_at": now,
             }
         )
     insert = dialect_insert(session)(Prediction.__table__)
-    keep = ("text", "json", "confidence", "field_confidence", "tokens", "finish_reason", "latency_ms", "created_at")
+    keep = (
+        *("text", "json", "confidence", "field_confidence", "tokens", "finish_reason"),
+        *("latency_ms", "content_hash", "cached", "created_at"),
+    )
     upsert = insert.on_conflict_do_update(
         index_elements=["item_id", "model_version_id", "prompt_hash"],
         set_={name: insert.excluded[name] for name in keep},

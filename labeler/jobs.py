@@ -23,11 +23,13 @@ from itertools import chain
 from typing import Any
 
 from celery import Celery
+from pydantic import Field, model_validator
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from engine.backend import GenerationOptions
+from engine.backend import MAX_NEW_TOKENS_LIMIT, GenerationOptions
+from engine.schema_budget import json_token_bound
 from labeler.settings import LabelerConfig, LabelerSettings
 from labeler.batches import finish_job_if_complete
 from labeler.bulk_insert import insert_rows
@@ -77,6 +79,8 @@ class JobStatus:
     items_per_second: float | None
     eta_seconds: float | None
     stalled: str | None = None  # why a job with items pending is not moving (then there is no ETA)
+    reasks: int = 0  # JSON answers cut off by their budget and asked again (labeler.batches)
+    cache_hits: int = 0  # items given an earlier prediction of the same image, prompt and model version
 
     @property
     def pending(self) -> int:
@@ -94,7 +98,22 @@ class JobStatus:
 
 class JobSpec(GenerationOptions):
     """What to ask of every item: the engine's options, stored with the job (task, instruction and
-    schema in their own columns, the rest as `generation`)."""
+    schema in their own columns, the rest as `generation`), and whether earlier predictions are reused.
+    A JSON job not given `max_new_tokens` gets its schema's token bound when the schema has one
+    (`engine.schema_budget`): never cut off, never a guess."""
+
+    use_cache: bool = Field(
+        default=True, description="Reuse an earlier prediction of the same image, prompt and model version (off: generate each item)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_from_schema(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "max_new_tokens" in data or data.get("task") != "json":
+            return data
+        schema = data.get("json_schema", data.get("schema"))
+        bound = json_token_bound(schema) if isinstance(schema, dict) else None
+        return data if bound is None else {**data, "max_new_tokens": min(bound, MAX_NEW_TOKENS_LIMIT)}
 
     def check(self) -> None:
         """Refuse a spec that no item could run with, before anything is written."""
@@ -186,6 +205,8 @@ def job_status(job: Job, model_version: str | None, now: datetime | None = None,
         items_per_second=rate,
         eta_seconds=eta,
         stalled=stalled,
+        reasks=job.reasks,
+        cache_hits=job.cache_hits,
     )
 
 

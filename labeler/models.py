@@ -5,7 +5,8 @@ migrations in `labeler/migrations` create it. The indexes are chosen for the que
 that run at millions of items: a job's items by status in id order (claiming, resuming,
 retrying, exporting), running items by lease expiry (recovering a killed worker's
 items), pending items by when they were last sent (re-sending what a broker lost), and a
-job's unreviewed predictions by confidence (the review queue). Status
+job's unreviewed predictions by confidence (the review queue), predictions by image, prompt
+and model version (the prediction cache: each image is labelled once). Status
 counts are counters on the job row, updated in the same transaction as the items.
 """
 
@@ -140,6 +141,8 @@ class Job(Base):
     done: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     cancelled: Mapped[int] = mapped_column(Integer, default=0)
+    reasks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # JSON answers asked again after a cut-off
+    cache_hits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # items given an earlier prediction
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     progressed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when an item last finished
@@ -182,6 +185,7 @@ class Prediction(Base):
     __table_args__ = (
         UniqueConstraint("item_id", "model_version_id", "prompt_hash", name="uq_predictions_item_model_prompt"),
         Index("ix_predictions_review_queue", "job_id", "reviewed", "confidence"),
+        Index("ix_predictions_cache", "content_hash", "prompt_hash", "model_version_id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -196,6 +200,8 @@ class Prediction(Base):
     tokens: Mapped[int] = mapped_column(Integer)
     finish_reason: Mapped[str] = mapped_column(String(16))
     latency_ms: Mapped[float] = mapped_column(Float)
+    content_hash: Mapped[str | None] = mapped_column(String(64))  # the image's sha256: the prediction cache's key
+    cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # copied from an earlier prediction
     reviewed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     review_lease_owner: Mapped[str | None] = mapped_column(String(200))
     review_lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -44,6 +44,9 @@ def request_options(command: Any) -> Any:
         into="ask",
         flags=FLAGS,
         cli_types={"json_schema": Optional[Path]},
-        unset={"task": "json with --schema, vqa with a question or choices, else caption"},
+        unset={
+            "task": "json with --schema, vqa with a question or choices, else caption",
+            "max_new_tokens": "128; a job's bounded JSON schema: its token bound",
+        },
         prepare=_resolve,
     )(command)

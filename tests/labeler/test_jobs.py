@@ -93,7 +93,10 @@ def test_folder_with_bad_files_finishes_with_each_bad_one_failed(
     assert status.items_per_second and status.items_per_second > 0 and status.eta_seconds is None
 
 
-def test_json_answer_cut_off_at_the_length_limit_fails_the_item(labeler: Labeler, processor, mixed_folder) -> None:
+def test_json_answer_cut_off_at_the_length_limit_fails_the_item(labeler_settings, tiny_backend, mixed_folder) -> None:
+    """With re-asking off (tests/labeler/test_reask.py has it on): the cut-off answer fails its item, with the reason."""
+    labeler = Labeler(labeler_settings(batch_size=4, max_reask_tokens=0))
+    processor = BatchProcessor(labeler.db, labeler.settings, lambda: tiny_backend)
     folder, _ = mixed_folder
     spec = JobSpec(task="json", instruction="What shapes are there?", schema=SHAPES_SCHEMA, max_new_tokens=3)
     job = labeler.submit(f"{folder}/good-*.png", spec)

@@ -51,6 +51,8 @@ def describe(job: JobStatus) -> None:
     cancelled.metric("Cancelled", f"{job.cancelled:,}")
     rate.metric("Throughput", f"{job.items_per_second:.2f} items/s" if job.items_per_second else "–")
     eta.metric("ETA", str(timedelta(seconds=round(job.eta_seconds))) if job.eta_seconds is not None else "–")
+    if job.cache_hits or job.reasks:
+        st.caption(f"{job.cache_hits:,} labelled from the prediction cache · {job.reasks:,} JSON answers asked again after a cut-off")
     if job.stalled:  # then there is no ETA: say why nothing moves
         st.warning(f"Stalled: {job.stalled}.")
     if job.failed:
