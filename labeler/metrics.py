@@ -1,17 +1,14 @@
 """Prometheus metrics of the workers: items finished, batch latency, queue depth.
 
-A worker runs batches in prefork child processes, so the counters use
-prometheus_client's multiprocess mode: `PROMETHEUS_MULTIPROC_DIR` must be set before
-this module is first imported (the `worker` command does so), and the parent process
-serves the children's aggregated values plus the queue depth, which it reads from the
-database on each scrape (items not yet finished in queued and running jobs).
+A worker is one process (its batches in flight are threads), so the counters live in
+prometheus_client's default registry; the worker serves them with the queue depth, which
+it reads from the database on each scrape (items not yet finished in queued and running
+jobs).
 """
 
 from __future__ import annotations
 
-import os
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -58,18 +55,10 @@ class QueueDepth(Collector):
 
 
 def serve(host: str, port: int, db: Database) -> None:
-    """Serve the children's aggregated metrics and the queue depth on `host`:`port` (a daemon thread).
+    """Serve the worker's metrics and the queue depth on `host`:`port` (a daemon thread).
 
     `host` is 127.0.0.1 by default and the pod's own IP in a cluster (the chart sets it), not
     0.0.0.0: only the pod network, where the NetworkPolicy lets Prometheus in, reaches it.
     """
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be set before labeler.metrics is imported")
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    registry.register(QueueDepth(db))
-    start_http_server(port, addr=host, registry=registry)
-
-
-def child_exited(pid: int) -> None:
-    multiprocess.mark_process_dead(pid)
+    REGISTRY.register(QueueDepth(db))
+    start_http_server(port, addr=host, registry=REGISTRY)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
 
+from engine.backend import MAX_NEW_TOKENS_LIMIT
 from engine.settings import EngineConfig
 
 
@@ -13,7 +14,12 @@ class LabelerSettings(BaseModel):
     """Jobs, the queue and the workers (labeler/)."""
 
     batch_size: int = Field(default=32, ge=1, description="Items per Celery task: the batch the engine sees.")
-    worker_concurrency: int = Field(default=1, ge=1, description="Worker processes per `worker`, each with its own engine.")
+    worker_concurrency: int = Field(
+        default=2,
+        ge=1,
+        description="Batches in flight per worker (one process, one engine): while the engine generates one batch, the next "
+        "is claimed and read and the last recorded; with a remote predictor, all go at once and it batches them together.",
+    )
     queue: str = Field(default="labeler", description="Celery queue the batches go to.")
     visibility_timeout_s: float = Field(
         default=600.0, gt=0, description="A claimed batch not finished in this time is handed to another worker."
@@ -21,6 +27,13 @@ class LabelerSettings(BaseModel):
     max_retries: int = Field(default=3, ge=0, description="Retries of a batch on transient engine errors.")
     retry_backoff_s: float = Field(default=2.0, ge=0, description="First retry delay; doubles per retry (max 60 s).")
     max_attempts: int = Field(default=6, ge=1, description="An item claimed this often without finishing fails.")
+    max_reask_tokens: int = Field(
+        default=1024,
+        ge=0,
+        le=MAX_NEW_TOKENS_LIMIT,
+        description="A JSON answer cut off by max_new_tokens is asked again once with the schema's token bound (else twice "
+        "the budget), at most this many tokens (0: never ask again).",
+    )
     stale_after_s: float = Field(
         default=120.0,
         gt=0,

@@ -1,15 +1,16 @@
 """Worker processes: the Celery task, one engine per process, lease recovery, metrics.
 
-`start_worker` is what `llava-labeler worker` runs: a prefork Celery worker whose
-children each load the engine once (on their first batch) and process batches through
-`BatchProcessor`; the parent serves Prometheus metrics and runs the sweeper every few
-seconds. The sweeper records the worker's heartbeat (so `status` can tell a job no
-worker serves); resends the items of a worker that died and those waiting out a retry
+`start_worker` is what `llava-labeler worker` runs: one process that loads the engine
+once and keeps `worker_concurrency` batches in flight through `BatchProcessor` (Celery's
+threads pool; an in-process engine generates one batch at a time, `SharedEngine`, while
+the others are claimed, read and recorded); it serves Prometheus metrics and runs the
+sweeper every few seconds. The sweeper records the worker's heartbeat (so `status` can
+tell a job no worker serves); resends the items of a worker that died and those waiting out a retry
 backoff (`requeue_expired`) and pending items whose messages the broker lost
 (`resend_stale`); tops the queue up from the database (`top_up`); and wakes a consumer
 that takes no message while messages wait (`ConsumerWatch`: Celery's consumer can go
-quiet after a broker restart). `InProcessWorker` runs the same task in a thread of the
-calling process (`llava-labeler run`).
+quiet after a broker restart). `InProcessWorker` runs the same in threads of the calling
+process (`llava-labeler run`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -47,15 +47,37 @@ def load_engine(settings: LabelerConfig) -> Backend:
     return load_backend(settings, url=settings.engine.url)
 
 
+class SharedEngine:
+    """An in-process engine shared by a worker's batches in flight: one generates at a time (the lock),
+    while the others are claimed, read and recorded. A remote predictor needs no lock: it gets every
+    batch in flight at once and its dynamic batcher merges them."""
+
+    def __init__(self, engine: Backend):
+        self.engine = engine
+        self.lock = threading.Lock()
+
+    def generate(self, requests):
+        with self.lock:
+            return self.engine.generate(requests)
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
+
+
 @cache
-def _process_processor(settings_json: str, pid: int) -> BatchProcessor:
-    """This worker process's processor, its engine loaded once (at process start, see start_worker)."""
+def _process_processor(settings_json: str) -> BatchProcessor:
+    """The worker's processor, its engine loaded once (at start, see start_worker) and shared by its threads."""
     settings = LabelerConfig.model_validate_json(settings_json)
     db = open_database(settings.database_url)
     with db.read() as session:
         settings = registry.settings_for_new_jobs(session, settings)  # the promoted version, once there is one
-    engine = load_engine(settings)
-    return BatchProcessor(db, settings, lambda: engine)
+    return BatchProcessor(db, settings, engine_for_threads(settings, load_engine(settings)))
+
+
+def engine_for_threads(settings: LabelerConfig, engine: Backend) -> Callable[[], Backend]:
+    """What a worker's threads call: the predictor's client as it is, an in-process engine behind its lock."""
+    shared = engine if settings.engine.url else SharedEngine(engine)
+    return lambda: shared  # type: ignore[return-value]
 
 
 def make_app(
@@ -155,24 +177,21 @@ class Sweeper(threading.Thread):
 
 
 def start_worker(settings: LabelerConfig, *, concurrency: int | None = None, loglevel: str = "INFO") -> None:
-    """Run a prefork worker until it is stopped (the `worker` command)."""
+    """Run a worker until it is stopped (the `worker` command): one process, one engine, `concurrency`
+    batches in flight (Celery's threads pool), so the engine never waits on the database or the broker."""
     port = settings.labeler.metrics_port
     on_batch = None
     if port:
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="labeler-metrics-"))
         from labeler import metrics
 
         metrics.serve(settings.labeler.metrics_host, port, open_database(settings.database_url))
         on_batch = metrics.observe
-        signals.worker_process_shutdown.connect(lambda pid=None, **_: metrics.child_exited(pid or os.getpid()), weak=False)
     settings_json = settings.model_dump_json()
 
     def processor() -> BatchProcessor:
-        return _process_processor(settings_json, os.getpid())
+        return _process_processor(settings_json)
 
-    # Load the engine as each child starts: a model that cannot load stops the child with the
-    # reason in the log before it takes any message, instead of failing items.
-    signals.worker_process_init.connect(lambda **_: processor(), weak=False)
+    processor()  # a model that cannot load stops the worker with the reason before it takes any message
     app = make_app(settings, processor, on_batch)
     hostname = f"labeler-{os.getpid()}@{socket.gethostname()}"
     sweeper = Sweeper(app, settings, hostname)
@@ -185,10 +204,11 @@ def start_worker(settings: LabelerConfig, *, concurrency: int | None = None, log
             sweeper.join(timeout=10)  # lets it delete the heartbeat before the process exits
 
     signals.worker_shutdown.connect(stop_sweeper, weak=False)
+    app.set_default()  # the pool's threads look the task up on the default app
     app.worker_main(
         [
             "worker",
-            "--pool=prefork",
+            "--pool=threads",
             f"--concurrency={concurrency or settings.labeler.worker_concurrency}",
             f"--loglevel={loglevel}",
             f"--queues={settings.labeler.queue}",
@@ -201,18 +221,19 @@ def start_worker(settings: LabelerConfig, *, concurrency: int | None = None, log
 
 
 class InProcessWorker:
-    """The batch task in a thread of this process (solo pool), plus the sweeper: `run` uses it."""
+    """The batch task in threads of this process (`worker_concurrency` batches in flight), plus the
+    sweeper: `run` uses it."""
 
     def __init__(self, settings: LabelerConfig, engine: Backend):
-        processor = BatchProcessor(open_database(settings.database_url), settings, lambda: engine)
+        processor = BatchProcessor(open_database(settings.database_url), settings, engine_for_threads(settings, engine))
         self.app = make_app(settings, lambda: processor)
         hostname = f"labeler-run-{os.getpid()}@{socket.gethostname()}"
         self.sweeper = Sweeper(self.app, settings, hostname)
         signals.task_received.connect(self.sweeper.received, weak=False)
         self.controller = WorkController(
             app=self.app,
-            pool="solo",
-            concurrency=1,
+            pool="threads",
+            concurrency=settings.labeler.worker_concurrency,
             queues=[settings.labeler.queue],
             hostname=hostname,
             loglevel="WARNING",
@@ -224,7 +245,9 @@ class InProcessWorker:
         self.thread = threading.Thread(target=self._serve, name="celery-worker", daemon=True)
 
     def _serve(self) -> None:
-        self.app.set_current()  # Celery looks tasks up on the thread's current app
+        # Celery looks tasks up on the thread's current app, and the pool's threads start with none.
+        self.app.set_current()
+        self.app.set_default()
         self.controller.start()
 
     def __enter__(self) -> "InProcessWorker":

@@ -23,6 +23,10 @@ Source = Annotated[str, typer.Argument(help="Directory, glob, .jsonl manifest (p
 BatchSize = Annotated[Optional[int], typer.Option(min=1, help="Items per task (default: settings labeler.batch_size).")]
 Name = Annotated[Optional[str], typer.Option(help="A name to find the job by.")]
 Extensions = Annotated[Optional[list[str]], typer.Option("--ext", help="File extension to take from a directory (repeat).")]
+UseCache = Annotated[
+    bool,
+    typer.Option("--cache/--no-cache", help="Reuse earlier predictions of the same image, prompt and model (--no-cache: generate every item)."),
+]
 
 
 def _labeler():
@@ -32,10 +36,10 @@ def _labeler():
     return Labeler(Labeler(get_settings()).settings_for_new_jobs())  # jobs run (and are attributed to) the active version
 
 
-def _spec(ask: GenerationOptions):
+def _spec(ask: GenerationOptions, use_cache: bool):
     from labeler.jobs import JobSpec
 
-    return JobSpec.model_validate(ask.model_dump())
+    return JobSpec.model_validate({**ask.model_dump(exclude_unset=True), "use_cache": use_cache})  # unset: JobSpec's defaults
 
 
 def _submit(labeler, source, spec, name, batch_size, extensions):
@@ -114,6 +118,7 @@ def submit(
     name: Name = None,
     ext: Extensions = None,
     follow: Annotated[bool, typer.Option(help="Show a progress bar until the job finishes.")] = False,
+    cache: UseCache = True,
     fmt: Annotated[
         str,
         typer.Option(
@@ -128,7 +133,7 @@ def submit(
         return _submit_openai_batch(labeler, Path(source))
     if fmt != "manifest":
         fail(f"unknown --format {fmt!r}: manifest or openai-batch")
-    spec = _spec(ask)
+    spec = _spec(ask, cache)
     status = _submit(labeler, source, spec, name, batch_size, ext)
     typer.echo(f"submitted: {_describe(status)}")
     if follow:
@@ -302,13 +307,14 @@ def run(
     name: Name = None,
     ext: Extensions = None,
     out: Annotated[Optional[Path], typer.Option(help="Directory for the exports (default: build/data/exports).")] = None,
+    cache: UseCache = True,
 ) -> None:
     """Submit SOURCE and process it to the end in this process, then print accuracy and exports."""
     from engine.backend import EngineError
     from labeler.worker import InProcessWorker, load_engine
 
     labeler = _labeler()
-    spec = _spec(ask)
+    spec = _spec(ask, cache)
     try:
         engine = load_engine(labeler.settings)
     except EngineError as exc:

@@ -104,3 +104,39 @@ def test_job_commands_and_their_errors(cli, tmp_path: Path, png) -> None:
     code, out = cli("submit", str(tmp_path / "bad.jsonl"))
     assert code == 1 and "bad.jsonl line 2: not valid JSON" in out
     assert [line.split()[1] for line in cli("status")[1].splitlines() if line.startswith("│")] == ["1"], "failed submits write nothing"
+
+
+def test_openai_batch_files_through_submit_and_export(cli, tmp_path: Path, png, wait_for, monkeypatch) -> None:
+    """An OpenAI Batch input file as jobs without the API server, and the job back as OpenAI's output file."""
+    import base64
+
+    from labeler.worker import InProcessWorker, load_engine
+
+    monkeypatch.setenv("LLAVA_LABELER_FETCH__ALLOWED_ROOTS", json.dumps([str(tmp_path)]))
+    get_settings.cache_clear()
+    (tmp_path / "a.png").write_bytes(png(1))
+
+    def line(custom_id: str | None, url: str, text: str = "") -> dict:
+        content = [{"type": "text", "text": text}] if text else []
+        body = {"model": "llava", "messages": [{"role": "user", "content": [*content, {"type": "image_url", "image_url": {"url": url}}]}]}
+        return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": {**body, "max_tokens": 6}}
+
+    inline = "data:image/png;base64," + base64.b64encode(png(2)).decode()
+    lines = [line("by-path", str(tmp_path / "a.png")), line("inline", inline, "What is it?"), line(None, inline)]
+    requests = _manifest(tmp_path / "requests.jsonl", lines)
+    code, out = cli("submit", str(requests), "--format", "openai-batch")
+    assert code == 0 and re.search(r"batch batch_\w+: 3 requests; jobs 1; 1 refused", out), out
+    assert 'refused: line 3 (None): needs a "custom_id"' in out, out
+
+    settings = get_settings()
+    with InProcessWorker(settings, load_engine(settings)):
+        wait_for(lambda: json.loads(cli("status", "1", "--json")[1])["pending"] == 0, 120, "the batch's job to finish")
+    code, out = cli("export", "1", "--format", "openai-batch", "--out", str(tmp_path / "out.jsonl"))
+    assert code == 0 and "2 responses written to" in out and "0 errors written to" in out, out
+    answers = {r["custom_id"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert set(answers) == {"by-path", "inline"}
+    body = answers["inline"]["response"]["body"]
+    assert answers["inline"]["response"]["status_code"] == 200 and body["object"] == "chat.completion"
+    assert isinstance(body["choices"][0]["message"]["content"], str) and answers["inline"]["error"] is None
+    assert (tmp_path / "out.errors.jsonl").read_text() == ""
+    assert cli("submit", str(tmp_path / "a.png"), "--format", "openai-batch")[1].startswith("error: ")
