@@ -25,7 +25,7 @@ from typing import Any
 from celery import Celery
 from pydantic import Field, model_validator
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import Select, delete, exists, func, select, update
+from sqlalchemy import Select, delete, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
 from engine.backend import MAX_NEW_TOKENS_LIMIT, GenerationOptions
@@ -52,6 +52,9 @@ from labeler.sources import IMAGE_EXTENSIONS, SourceError, iter_source
 
 INSERT_CHUNK = 5000
 ID_PAGE = 10_000
+# A bulk load this large outruns PostgreSQL's statistics until autovacuum catches up; stale, they
+# turn each keyset page (exports, the console) into a scan of the whole job. ANALYZE samples.
+ANALYZE_AFTER = 50_000
 MISSED_BEATS = 3  # a worker whose heartbeat is older than this many beats counts as gone
 
 
@@ -290,6 +293,7 @@ def submit(
 def _insert_items(db: Database, job_id: int, items: Iterator, progress: Callable[[int], None] | None) -> None:
     """Bulk-insert in chunks (COPY on PostgreSQL), each chunk and its counters in one transaction (a crash
     leaves a consistent job)."""
+    inserted = 0
     for chunk in batched(items, INSERT_CHUNK):
         now = utcnow()
         rows = [
@@ -313,8 +317,12 @@ def _insert_items(db: Database, job_id: int, items: Iterator, progress: Callable
             session.execute(
                 update(Job).where(Job.id == job_id).values(total=Job.total + len(rows), failed=Job.failed + refused)
             )
+        inserted += len(rows)
         if progress:
             progress(len(rows))
+    if inserted >= ANALYZE_AFTER and not db.is_sqlite:
+        with db.write() as session:
+            session.execute(text("ANALYZE items"))
 
 
 def _discard(db: Database, job_id: int) -> None:

@@ -153,6 +153,7 @@ class Item(Base):
     __tablename__ = "items"
     __table_args__ = (
         Index("ix_items_job_status_id", "job_id", "status", "id"),
+        Index("ix_items_job_id", "job_id", "id"),  # a job's items in id order, whatever their state (exports, browse)
         Index(
             "ix_items_running_lease",
             "lease_expires_at",

@@ -349,3 +349,19 @@ def test_the_queue_holds_a_window_and_the_sweeper_tops_it_up(labeler_settings, t
         wait_for(lambda: labeler.status(job.id).finished, 120, "the job to finish through top-ups")
     assert (labeler.status(job.id).done, labeler.status(job.id).failed) == (24, 0)
     assert_consistent(labeler.db, job.id)
+
+
+def test_a_large_submit_refreshes_postgres_statistics(labeler_settings, pg_database, tmp_path: Path, png, monkeypatch) -> None:
+    """After a bulk load PostgreSQL's statistics are stale until autovacuum runs, and keyset pages
+    through the job (exports) turn into whole-job scans: a large submit analyzes the items table."""
+    from sqlalchemy import text
+
+    monkeypatch.setattr(jobs, "ANALYZE_AFTER", 2)  # a million-item submit's behaviour, on three items
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(png(i))
+    labeler = Labeler(labeler_settings(database_url=pg_database))
+    labeler.submit(str(tmp_path), CAPTION)
+    with labeler.db.read() as session:  # ANALYZE writes the planner's row count into the catalog
+        estimated = session.scalar(text("SELECT reltuples FROM pg_class WHERE relname = 'items'"))
+        counted = session.scalar(text("SELECT count(*) FROM items"))
+    assert estimated == counted
