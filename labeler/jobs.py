@@ -267,6 +267,7 @@ def submit(
             generation=spec.generation(),
             model_version_id=version_for_uri(session, uri).id,
             batch_size=batch,
+            queue=settings.labeler.queue,
             status=JobState.SUBMITTING,
         )
         session.add(job)
@@ -367,9 +368,9 @@ def _mark_sent(job_id: int, after: int, now: datetime, which, limit: int):
 def send_pending(
     db: Database,
     app: Celery,
-    settings: LabelerConfig,
     job_id: int,
     batch_size: int,
+    queue: str,
     *,
     stale_before: datetime | None = None,
     limit: int | None = None,
@@ -385,26 +386,28 @@ def send_pending(
             ids = sorted(session.scalars(_mark_sent(job_id, after, utcnow(), which, page)))
         if not ids:
             break
-        enqueue(app, job_id, ids, batch_size, settings.labeler.queue)
+        enqueue(app, job_id, ids, batch_size, queue)
         sent, after = sent + len(ids), ids[-1]
     return sent
 
 
-def top_up(db: Database, app: Celery, settings: LabelerConfig, waiting: int) -> int:
+def top_up(db: Database, app: Celery, settings: LabelerConfig, waiting: int, queue: str | None = None) -> int:
     """Fill the queue back to `queue_window` messages once fewer than half wait (`waiting`), from the
     never-sent items of runnable jobs, oldest job first; returns how many items were sent.
 
     The database is where a job's items wait; the broker holds only a window of them, so a
     submit of a million items publishes a thousand messages, not thirty thousand."""
-    window = settings.labeler.queue_window
+    window, queue = settings.labeler.queue_window, queue or settings.labeler.queue
     if waiting >= window // 2:
         return 0
     unsent = exists().where(Item.job_id == Job.id, Item.status == ItemState.PENDING, Item.sent_at.is_(None))
     with db.read() as session:
-        runnable = session.execute(select(Job.id, Job.batch_size).where(Job.status.in_(RUNNABLE_JOB_STATES), unsent).order_by(Job.id)).all()
+        runnable = session.execute(
+            select(Job.id, Job.batch_size).where(Job.status.in_(RUNNABLE_JOB_STATES), Job.queue == queue, unsent).order_by(Job.id)
+        ).all()
     budget, sent = window - waiting, 0
     for job_id, batch_size in runnable:
-        count = send_pending(db, app, settings, job_id, batch_size, limit=budget * batch_size)
+        count = send_pending(db, app, job_id, batch_size, queue, limit=budget * batch_size)
         sent, budget = sent + count, budget - -(-count // batch_size)
         if budget <= 0:
             break
@@ -431,7 +434,7 @@ def pause(db: Database, job_id: int) -> JobStatus:
 def resume(db: Database, app: Celery, settings: LabelerConfig, job_id: int) -> JobStatus:
     """Run a paused job again: every pending item counts as never sent and the queue is topped up
     (also repairs a job whose messages were lost; a duplicate message claims nothing)."""
-    _change_state(db, job_id, (JobState.PAUSED, *RUNNABLE_JOB_STATES), JobState.QUEUED, "resume")
+    job = _change_state(db, job_id, (JobState.PAUSED, *RUNNABLE_JOB_STATES), JobState.QUEUED, "resume")
     with db.write() as session:
         session.execute(
             update(Item)
@@ -439,7 +442,7 @@ def resume(db: Database, app: Celery, settings: LabelerConfig, job_id: int) -> J
             .values(sent_at=None)
             .execution_options(synchronize_session=False)
         )
-    top_up(db, app, settings, waiting=0)
+    top_up(db, app, settings, waiting=0, queue=job.queue)
     with db.write() as session:
         finish_job_if_complete(session, job_id)
     return get_status(db, job_id, settings.labeler)
@@ -486,9 +489,9 @@ def retry_failed(db: Database, app: Celery, settings: LabelerConfig, job_id: int
         if ids and job.status == JobState.COMPLETED:
             job.status, job.finished_at = JobState.QUEUED, None
         paused = job.status == JobState.PAUSED
-        batch_size = job.batch_size
+        batch_size, queue = job.batch_size, job.queue
     if ids and not paused:
-        enqueue(app, job_id, sorted(ids), batch_size, settings.labeler.queue)
+        enqueue(app, job_id, sorted(ids), batch_size, queue)
     return get_status(db, job_id, settings.labeler), len(ids)
 
 
@@ -506,13 +509,13 @@ def requeue_expired(db: Database, app: Celery, settings: LabelerConfig) -> int:
         if not rows:
             return 0
         runnable = select(Job).where(Job.id.in_({job_id for job_id, _ in rows}), Job.status.in_(RUNNABLE_JOB_STATES))
-        jobs = {job.id: job.batch_size for job in session.scalars(runnable)}
+        jobs = {job.id: (job.batch_size, job.queue) for job in session.scalars(runnable)}
     by_job: dict[int, list[int]] = {}
     for job_id, item_id in rows:
         by_job.setdefault(job_id, []).append(item_id)
     for job_id, ids in by_job.items():
         if job_id in jobs:
-            enqueue(app, job_id, sorted(ids), jobs[job_id], settings.labeler.queue)
+            enqueue(app, job_id, sorted(ids), *jobs[job_id])
     return len(rows)
 
 
@@ -523,11 +526,14 @@ def resend_stale(db: Database, app: Celery, settings: LabelerConfig, waiting: in
     are left alone. Returns how many were sent."""
     if waiting:
         return 0
+    queue = settings.labeler.queue  # `waiting` counts this queue: only its jobs can be judged
     stale_before = utcnow() - timedelta(seconds=settings.labeler.stale_after_s)
     stale_item = exists().where(Item.job_id == Job.id, Item.status == ItemState.PENDING, Item.sent_at < stale_before)
     with db.read() as session:
-        stale_jobs = session.execute(select(Job.id, Job.batch_size).where(Job.status.in_(RUNNABLE_JOB_STATES), stale_item)).all()
-    return sum(send_pending(db, app, settings, job_id, batch, stale_before=stale_before) for job_id, batch in stale_jobs)
+        stale_jobs = session.execute(
+            select(Job.id, Job.batch_size).where(Job.status.in_(RUNNABLE_JOB_STATES), Job.queue == queue, stale_item)
+        ).all()
+    return sum(send_pending(db, app, job_id, batch, queue, stale_before=stale_before) for job_id, batch in stale_jobs)
 
 
 @dataclass(frozen=True)

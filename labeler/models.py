@@ -136,6 +136,7 @@ class Job(Base):
     generation: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     batch_size: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str] = mapped_column(String(200), default="labeler", server_default="labeler")  # where its batches go
     status: Mapped[str] = mapped_column(String(16), default=JobState.SUBMITTING, index=True)
     total: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[int] = mapped_column(Integer, default=0)

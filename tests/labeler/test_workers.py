@@ -36,7 +36,8 @@ def _metric(port: int, sample: str) -> float:
 
 @pytest.mark.parametrize("stack", ["redis+postgres", "sqlite"])
 def test_a_worker_killed_mid_batch_loses_nothing(stack, request, labeler_settings, wait_for, tmp_path, png) -> None:
-    common = dict(batch_size=3, visibility_timeout_s=6)
+    # A batch the killed worker took but had not claimed yet waits for the stale re-send (its items are pending).
+    common = dict(batch_size=3, visibility_timeout_s=6, stale_after_s=6)
     if stack == "sqlite":
         settings = labeler_settings(**common)
     else:
