@@ -16,6 +16,7 @@ reported stalled with the reason instead of an ETA.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -408,7 +409,7 @@ def top_up(db: Database, app: Celery, settings: LabelerConfig, waiting: int, que
     budget, sent = window - waiting, 0
     for job_id, batch_size in runnable:
         count = send_pending(db, app, job_id, batch_size, queue, limit=budget * batch_size)
-        sent, budget = sent + count, budget - -(-count // batch_size)
+        sent, budget = sent + count, budget - math.ceil(count / batch_size)  # messages published
         if budget <= 0:
             break
     return sent
@@ -442,7 +443,7 @@ def resume(db: Database, app: Celery, settings: LabelerConfig, job_id: int) -> J
             .values(sent_at=None)
             .execution_options(synchronize_session=False)
         )
-    top_up(db, app, settings, waiting=0, queue=job.queue)
+    top_up(db, app, settings, waiting_messages(app, job.queue), queue=job.queue)
     with db.write() as session:
         finish_job_if_complete(session, job_id)
     return get_status(db, job_id, settings.labeler)
