@@ -18,8 +18,11 @@ Each image is labelled once: before generating, one indexed query per batch find
 predictions of the same image (content hash), prompt and model version that generating would
 give again (within the batch's budget), from this job or any other, and those items copy them
 (a prediction marked `cached`, counted in the job's `cache_hits`); of the items of a batch
-that share an image and prompt only the first is generated. A job submitted with `use_cache`
-off (`--no-cache`) generates every item. A JSON answer cut off by `max_new_tokens` is asked
+that share an image and prompt only the first is generated, and only once this batch holds
+the key's reservation (`labeler.reservations`): items whose key another batch in flight is
+generating go back to the queue unsent (`deferred`, not an attempt) and copy its answer when
+they come round again. A job submitted with `use_cache` off (`--no-cache`) generates every
+item; a sampling job (temperature above 0) neither copies nor is copied. A JSON answer cut off by `max_new_tokens` is asked
 again once, in the same batch, with the budget `engine.schema_budget.reask_budget` gives
 (counted in the job's `reasks`) before it fails.
 
@@ -51,6 +54,7 @@ from sqlalchemy.orm import Session
 from engine.backend import Backend, GenerationOptions, GenerationRequest, GenerationResult, TransientEngineError
 from engine.prompts import prompt_hash
 from engine.schema_budget import reask_budget
+from labeler import reservations
 from labeler.settings import LabelerConfig
 from labeler.db import Database, dialect_insert
 from labeler.models import RUNNABLE_JOB_STATES, Item, ItemState, Job, JobState, Prediction, utcnow
@@ -99,8 +103,10 @@ class _Outcome:
     results: dict[int, tuple[_Work, GenerationResult]] = field(default_factory=dict)
     released: dict[int, tuple[str, float]] = field(default_factory=dict)  # reason, backoff seconds
     cached: set[int] = field(default_factory=set)  # results copied from an earlier prediction
+    deferred: set[int] = field(default_factory=set)  # another batch is generating their image and prompt
     reasked: set[int] = field(default_factory=set)  # items asked again after a cut-off answer
     engine_seconds: float = 0.0
+    cache_entries: bool = True  # greedy answers: recorded with their image's hash, for later items to copy
 
     def add(self, work: _Work, result: GenerationResult, *, cached: bool = False) -> None:
         if result.error:
@@ -123,9 +129,15 @@ def generation_request(job: Job, question: str | None, image: bytes) -> Generati
     )
 
 
+def greedy(job: Job) -> bool:
+    """Whether the job's answers are the model's one answer (no sampling): only those are cache entries."""
+    return not job.generation.get("temperature")
+
+
 def uses_cache(job: Job) -> bool:
-    """Whether the job reuses earlier predictions (`labeler.jobs.JobSpec.use_cache`, stored with its options)."""
-    return bool(job.generation.get("use_cache", True))
+    """Whether the job reuses earlier predictions (`labeler.jobs.JobSpec.use_cache`, stored with its options):
+    never when it samples, since each item then asks for a draw of its own."""
+    return bool(job.generation.get("use_cache", True)) and greedy(job)
 
 
 def _cut_off(request: GenerationRequest, result: GenerationResult) -> bool:
@@ -165,7 +177,7 @@ class BatchProcessor:
         if not claimed:
             return BatchResult(skipped="no item of the batch was claimable")
         with self._heartbeat(token):
-            outcome = self._work(job, claimed)
+            outcome = self._work(job, claimed, token)
         done, failed, released = self.db.retrying(lambda s: self._record(s, job_id, token, outcome, model_version_id))
         return BatchResult(
             claimed=len(claimed), done=done, failed=failed, released=released, engine_seconds=outcome.engine_seconds
@@ -184,6 +196,7 @@ class BatchProcessor:
                 .values(lease_expires_at=utcnow() + timedelta(seconds=timeout))
                 .execution_options(synchronize_session=False)
             )
+            reservations.renew(session, token, utcnow() + timedelta(seconds=timeout))
 
         def beat() -> None:
             while not stop.wait(timeout / 3):
@@ -232,8 +245,8 @@ class BatchProcessor:
             )
         return [_Work(*row) for row in sorted(rows)]
 
-    def _work(self, job: Job, claimed: list[_Work]) -> _Outcome:
-        outcome = _Outcome()
+    def _work(self, job: Job, claimed: list[_Work], token: str) -> _Outcome:
+        outcome = _Outcome(cache_entries=greedy(job))
         ready: list[_Work] = []
         for work in claimed:
             if work.attempts > self.settings.labeler.max_attempts:
@@ -258,6 +271,8 @@ class BatchProcessor:
             else:
                 first.setdefault(work.key, work)
                 generating.append(work)
+        if reuse and generating:
+            generating, waiting = self._reserve(token, generating, waiting, outcome)
         if not generating:
             return outcome
         started = time.perf_counter()
@@ -280,6 +295,17 @@ class BatchProcessor:
         for work in waiting:
             outcome.add(work, generated[first[work.key].id], cached=True)
         return outcome
+
+    def _reserve(
+        self, token: str, generating: list[_Work], waiting: list[_Work], outcome: _Outcome
+    ) -> tuple[list[_Work], list[_Work]]:
+        """Reserve the keys the batch is about to generate (`labeler.reservations`); the items whose key
+        another batch holds are deferred, with their duplicates in this batch. Returns what is left."""
+        expires = utcnow() + timedelta(seconds=self.settings.labeler.visibility_timeout_s)
+        keys = {work.key for work in generating}
+        held = self.db.retrying(lambda s: reservations.reserve(s, keys, self.model_version_id(), token, expires, utcnow()))  # type: ignore[arg-type]
+        outcome.deferred.update(work.id for work in [*generating, *waiting] if work.key not in held)
+        return [w for w in generating if w.key in held], [w for w in waiting if w.key in held]
 
     def _earlier_predictions(self, works: list[_Work]) -> dict[tuple[str | None, str | None], GenerationResult]:
         """The answers this model already gave to the batch's images and prompts, by (content hash, prompt
@@ -359,7 +385,7 @@ class BatchProcessor:
         self, session: Session, job_id: int, token: str, outcome: _Outcome, model_version_id: int
     ) -> tuple[int, int, int]:
         """Write the outcome for the items this token still owns; returns (done, failed, released)."""
-        ids = [*outcome.failures, *outcome.results, *outcome.released]
+        ids = [*outcome.failures, *outcome.results, *outcome.released, *outcome.deferred]
         owned = set(
             session.scalars(
                 select(Item.id)
@@ -385,9 +411,17 @@ class BatchProcessor:
         ]
         for rows in (done_rows, failed_rows, released_rows):
             _update_rows(session, rows)
+        if deferred := outcome.deferred & owned:  # back to the queue, unsent, the claim not counted as an attempt
+            session.execute(
+                update(Item)
+                .where(Item.id.in_(deferred))
+                .values(status=ItemState.PENDING, lease_owner=None, lease_expires_at=None, sent_at=None, attempts=Item.attempts - 1)
+                .execution_options(synchronize_session=False)
+            )
+        reservations.release(session, token)
         per_item_ms = 1000 * outcome.engine_seconds / max(1, len(outcome.results) - len(outcome.cached))
         predictions = [(*outcome.results[row["id"]], row["id"] in outcome.cached) for row in done_rows]
-        _upsert_predictions(session, job_id, model_version_id, predictions, per_item_ms, now)
+        _upsert_predictions(session, job_id, model_version_id, predictions, per_item_ms, now, outcome.cache_entries)
         if done_rows or failed_rows:
             finished_ids = {row["id"] for row in (*done_rows, *failed_rows)}
             session.execute(
@@ -412,9 +446,11 @@ def _upsert_predictions(
     rows: list[tuple[_Work, GenerationResult, bool]],
     latency_ms: float,
     now: datetime,
+    cache_entries: bool,
 ) -> None:
     """Insert, or on (item, model version, prompt hash) conflict overwrite: never a second row.
-    Each row is (work, result, whether the result was copied from an earlier prediction)."""
+    Each row is (work, result, whether the result was copied from an earlier prediction); with
+    `cache_entries` off (a sampled answer) no image hash is recorded, so no later item copies it."""
     if not rows:
         return
     values: list[dict[str, Any]] = []
@@ -425,7 +461,7 @@ def _upsert_predictions(
                 "job_id": job_id,
                 "model_version_id": model_version_id,
                 "prompt_hash": work.prompt_hash,
-                "content_hash": work.content_hash,
+                "content_hash": work.content_hash if cache_entries else None,
                 "cached": cached,
                 "text": result.text,
                 "json": result.json,

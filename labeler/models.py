@@ -251,3 +251,18 @@ class WorkerBeat(Base):
     job_id: Mapped[int | None] = mapped_column(Id)  # the job of the last batch it received (no FK: jobs may be discarded)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class GenerationReservation(Base):
+    """An (image, prompt, model version) a batch is generating: other batches defer their items with it.
+
+    It lives as long as the holder's lease (renewed by the same heartbeat) and is deleted when
+    the holder records its batch, so a crashed holder blocks the key no longer than its items."""
+
+    __tablename__ = "generation_reservations"
+
+    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    prompt_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(36), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

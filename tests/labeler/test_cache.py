@@ -143,18 +143,78 @@ def test_a_json_answer_asked_again_is_reused_at_the_budget_it_took(labeler: Labe
     assert (status.done, status.reasks, status.cache_hits) == (6, 3, 3)
 
 
-def test_two_batches_at_once_keep_one_prediction_per_item(labeler: Labeler, tiny_backend, folder: Path) -> None:
-    """Two threads, one batch each, sharing images: whichever records first, each item ends with one prediction
-    and each item is either generated or a cache hit (both batches may generate an image they share)."""
-    backend = Recording(tiny_backend)
+class Held(Recording):
+    """The real backend, whose first call waits until the test lets it go: a batch caught generating."""
+
+    def __init__(self, backend) -> None:
+        super().__init__(backend)
+        self.generating, self.go = threading.Event(), threading.Event()
+
+    def generate(self, requests):
+        if not self.generating.is_set():
+            self.generating.set()
+            assert self.go.wait(30)
+        return super().generate(requests)
+
+
+def _unsent_pending(labeler: Labeler, job_id: int) -> dict[int, int]:
+    """The job's pending items that wait to be sent (id -> attempts)."""
+    with labeler.db.read() as session:
+        rows = session.execute(select(Item.id, Item.attempts).where(Item.job_id == job_id, Item.status == "pending", Item.sent_at.is_(None)))
+        return dict(rows.all())
+
+
+def test_an_image_another_batch_is_generating_is_deferred_then_copied(labeler: Labeler, tiny_backend, folder: Path) -> None:
+    """Two batches in flight share images 1 and 2: the second generates only its own image 3 and sends the
+    shared ones back to the queue, unsent and not counted as attempts; they come round and copy: three
+    generations for three images, however the batches interleave."""
+    backend = Held(tiny_backend)
     job = labeler.submit(str(folder), CAPTION)
     ids = list(jobs.pending_item_ids(labeler.db, job.id))
     processor = BatchProcessor(labeler.db, labeler.settings, lambda: backend)
-    threads = [threading.Thread(target=processor.process, args=(job.id, batch)) for batch in (ids[:3], ids[3:])]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    first = threading.Thread(target=processor.process, args=(job.id, ids[:3]))  # images 1, 2, 1
+    first.start()
+    assert backend.generating.wait(30)
+    result = processor.process(job.id, ids[3:])  # images 3, 1, 2 while 1 and 2 are being generated
+    assert (result.claimed, result.done) == (3, 1) and backend.calls == [[6]], "image 3 alone"
+    assert _unsent_pending(labeler, job.id) == {ids[4]: 0, ids[5]: 0}
+    backend.go.set()
+    first.join()
+    assert backend.generated == 3, "images 1 and 2, once each"
+    for item_id in _unsent_pending(labeler, job.id):  # what the sweeper's top-up sends again
+        processor.process(job.id, [item_id])
     assert_consistent(labeler.db, job.id)
     status = labeler.status(job.id)
-    assert status.done == 6 and status.cache_hits + backend.generated == 6 and 3 <= backend.generated <= 5
+    assert (status.done, status.cache_hits, backend.generated) == (6, 3, 3)
+
+
+def test_a_reservation_is_held_until_released_or_expired(labeler: Labeler) -> None:
+    """A key held by a live batch is nobody else's; released (recorded) or past its expiry (its worker
+    died), the next batch takes it."""
+    from datetime import timedelta
+
+    from labeler import reservations
+    from labeler.models import ModelVersion, utcnow
+
+    with labeler.db.write() as session:
+        session.add(ModelVersion(name="m", uri="/m"))
+    key, now, hour = ("c" * 64, "p" * 32), utcnow(), timedelta(hours=1)
+
+    def reserve(owner: str, at=now) -> set:
+        with labeler.db.write() as session:
+            return reservations.reserve(session, [key], 1, owner, at + hour, at)
+
+    assert reserve("first") == {key}
+    assert reserve("second") == set(), "held by a live batch"
+    with labeler.db.write() as session:
+        reservations.release(session, "first")
+    assert reserve("second") == {key}, "released when its holder recorded"
+    assert reserve("third", now + 2 * hour) == {key}, "its holder's lease ran out: taken over"
+
+
+def test_a_sampling_job_neither_copies_nor_is_copied(labeler: Labeler, tiny_backend, folder: Path) -> None:
+    backend = Recording(tiny_backend)
+    sampled = _run(labeler, backend, folder, CAPTION.model_copy(update={"temperature": 0.8, "seed": 1}))
+    assert backend.generated == 6 and labeler.status(sampled).cache_hits == 0, "each item a draw of its own"
+    _run(labeler, backend, folder, CAPTION)
+    assert backend.generated == 6 + 3, "a greedy job does not copy sampled answers"

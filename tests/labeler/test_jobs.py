@@ -129,7 +129,7 @@ def test_a_redelivered_batch_never_duplicates_a_prediction(labeler: Labeler, pro
         session.execute(update(Item).where(Item.id.in_(ids)).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     result = processor.process(job.id, ids)
     assert (result.claimed, result.done) == (5, 5)
-    late = processor._work(load_job(labeler.db, job.id), stalled)
+    late = processor._work(load_job(labeler.db, job.id), stalled, "stalled-worker")
     assert labeler.db.retrying(lambda s: processor._record(s, job.id, "stalled-worker", late, processor.model_version_id())) == (0, 0, 0)
     assert processor.process(job.id, ids).skipped  # a third delivery: nothing left to claim
     with labeler.db.read() as session:
@@ -254,7 +254,7 @@ def test_cancel_discards_a_batch_in_flight(labeler: Labeler, processor, mixed_fo
     in_flight = labeler.db.retrying(lambda s: processor._claim(s, job.id, ids[2:4], "in-flight"))
     status = labeler.cancel(job.id)
     assert (status.status, status.done, status.cancelled) == ("cancelled", 2, 3)
-    outcome = processor._work(load_job(labeler.db, job.id), in_flight)
+    outcome = processor._work(load_job(labeler.db, job.id), in_flight, "in-flight")
     assert labeler.db.retrying(lambda s: processor._record(s, job.id, "in-flight", outcome, processor.model_version_id())) == (0, 0, 0)
     assert processor.process(job.id, ids[4:]).skipped == f"job {job.id} is cancelled"
     assert_consistent(labeler.db, job.id)
