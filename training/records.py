@@ -135,6 +135,13 @@ def record_id(record: Any, index: int) -> str:
     return f"record #{index}"
 
 
+def image_first(message: str) -> str:
+    """The image token moved to the front of its message, then a newline: what the original LLaVA's
+    `preprocess_multimodal` does to every record, so LLaVA-1.5 only ever saw (and our prompts only
+    ever give) the image before the text. `What is it? <image>` trains as `<image>\nWhat is it?`."""
+    return f"{IMAGE_TOKEN}\n{message.replace(IMAGE_TOKEN, '').strip()}".strip()
+
+
 def check_record(record: Any, images: Path | None) -> tuple[list[str], Path | None]:
     """The messages and the image path of a well-formed record; raises `Unusable` saying why not."""
     if not isinstance(record, dict):
@@ -163,6 +170,7 @@ def check_record(record: Any, images: Path | None) -> tuple[list[str], Path | No
         raise Unusable("bad record", "'image' must be a relative path")
     if tokens[0] != 1 or sum(tokens) != 1:
         raise Unusable("bad record", f"the first human turn must hold exactly one {IMAGE_TOKEN} (and no other turn)")
+    messages[0] = image_first(messages[0])
     if images is None:
         raise Unusable("missing image", "the record has an image but no --images directory was given")
     root = images.resolve()

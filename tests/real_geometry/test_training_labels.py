@@ -1,7 +1,7 @@
 """Training samples carry the original LLaVA's input ids and labels: `preprocess_v1` of llava-torch 1.2.2.post1 is the oracle.
 
-The oracle. `preprocess_v1` (and, in one test, `preprocess_multimodal`, which the original's
-`LazySupervisedDataset` runs before it) and the module-level `IS_TOKENIZER_GREATER_THAN_0_14 = ...`
+The oracle. `preprocess_multimodal` then `preprocess_v1`, as the original's `LazySupervisedDataset`
+runs them for a record with an image, and the module-level `IS_TOKENIZER_GREATER_THAN_0_14 = ...`
 line are cut out of the installed `llava/train/train.py` with `ast` and executed unchanged; the file
 itself is not imported (its imports pull in the whole model and its trainer). What they run with:
   - `conversation_lib`, `tokenizer_image_token`, `IGNORE_INDEX`, `DEFAULT_IMAGE_TOKEN`,
@@ -11,7 +11,7 @@ itself is not imported (its imports pull in the whole model and its trainer). Wh
     `conv_templates["v1"]` for this module, as `train()` does for `--version v1` (LLaVA-1.5's scripts);
   - `torch`, `tokenizers`, `packaging.version`, and `transformers`, `typing.Dict`, `typing.Sequence`
     (annotations only): the real modules;
-  - STUB 1, `data_args` (`preprocess_multimodal` only): `SimpleNamespace(is_multimodal=True,
+  - STUB 1, `data_args` (read by `preprocess_multimodal`): `SimpleNamespace(is_multimodal=True,
     mm_use_im_start_end=False)`, the values of LLaVA-1.5's scripts, in place of its CLI dataclass;
   - the tokenizer: the real LLaMA tokenizer (conftest `llama_tokenizer_dir`) as `train()` sets it up
     (`model_max_length=2048`, `padding_side="right"`, `pad_token = unk_token` for v1), its published
@@ -31,8 +31,10 @@ Mapping. Our `<image>` is expanded by the llava-hf processor to 576 image-token 
 -100); the original keeps one `IMAGE_TOKEN_INDEX` (-200) placeholder. The run is checked
 (contiguous, exactly 576, all -100) and collapsed to one -200 labelled -100 before comparing.
 
-Identical: input ids and labels of a single-turn record, a three-exchange record, and a record whose
-`<image>` ends the first question, each against `preprocess_v1` (which prints no warning for them).
+Identical: input ids and labels of a single-turn record, a three-exchange record, and records whose
+`<image>` ends the first question or follows it on the same line, each against the original's whole
+path for a record with an image, `preprocess_multimodal` then `preprocess_v1` (which prints no warning
+for them): both move the `<image>` to the front of its message, followed by a newline.
 In both, the `</s>` after every answer is supervised and the space after `ASSISTANT:` is the `▁` of
 the answer's first supervised token.
 
@@ -44,12 +46,6 @@ Different, pinned exactly:
     Ours is right: the ids are the same, and ours labels by the character offsets of the rendered
     answers, so it supervises exactly the answer tokens the original itself supervises for the same
     answers when the question quotes nothing.
-  - An `<image>` that is not first, through the original's whole path: `preprocess_multimodal`
-    moves it to the front (`<image>\\n` + the rest, stripped) before `preprocess_v1`, so LLaVA-1.5
-    never trained on an image after text; ours trains on the record as written. The original's sample
-    is exactly ours for the record rewritten image-first; against the record as written it is one
-    token longer in the first question and identical after it. This is a divergence in what is trained
-    on, not a choice this test argues for: it is pinned so that a change on either side shows.
 """
 
 from __future__ import annotations
@@ -89,6 +85,7 @@ MULTI = _exchanges(
     ("How many shapes are there?", "There is one shape."),
 )
 IMAGE_LAST = _exchanges(("What shape is shown?\n<image>", "A red circle."), ("Is it big?", "No."))
+IMAGE_INLINE = _exchanges(("<image> What shape is shown? ", "A red circle."))
 QUOTES_SEPARATOR = _exchanges(
     ("<image>\nWhat shape is shown?", "A red circle."),
     ("Finish this chat: USER: hi ASSISTANT: hello", "Done."),
@@ -155,13 +152,12 @@ def original(original_llava, llama_tokenizer_dir: Path):
     tokenizer.legacy = True
     data_args = SimpleNamespace(is_multimodal=True, mm_use_im_start_end=False)  # STUB 1
 
-    def preprocess(conversations: list[dict[str, str]], *, multimodal: bool = False) -> tuple[list[int], list[int], str]:
+    def preprocess(conversations: list[dict[str, str]]) -> tuple[list[int], list[int], str]:
         """The original's (input_ids, labels) for one record, and what it printed."""
         sources = copy.deepcopy([conversations])
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            if multimodal:
-                sources = namespace["preprocess_multimodal"](sources, data_args)
+            sources = namespace["preprocess_multimodal"](sources, data_args)
             out = namespace["preprocess_v1"](sources, tokenizer, has_image=True)
         return out["input_ids"][0].tolist(), out["labels"][0].tolist(), printed.getvalue()
 
@@ -215,7 +211,9 @@ def _runs(labels: list[int]) -> list[list[int]]:
     return runs
 
 
-@pytest.mark.parametrize("conversation", [SINGLE, MULTI, IMAGE_LAST], ids=["single-turn", "three-exchanges", "image-not-first"])
+@pytest.mark.parametrize(
+    "conversation", [SINGLE, MULTI, IMAGE_LAST, IMAGE_INLINE], ids=["single-turn", "three-exchanges", "image-last", "image-inline"]
+)
 def test_ids_and_labels_are_preprocess_v1s(original, ours, conversation):
     expected_ids, expected_labels, printed = original.preprocess(conversation)
     assert printed == ""  # no tokenization-mismatch warning: the oracle really supervised this record
@@ -245,27 +243,3 @@ def test_a_question_quoting_the_separator_is_dropped_by_the_original_and_kept_by
     assert control_printed == ""
     assert _runs(labels) == _runs(control_labels) and len(_runs(labels)) == 3
     assert all(label in (IGNORE_INDEX, token) for label, token in zip(labels, ids))
-
-
-def test_image_not_first_the_original_moves_it_to_the_front_ours_keeps_it(original, ours):
-    moved_ids, moved_labels, printed = original.preprocess(IMAGE_LAST, multimodal=True)
-    assert printed == ""
-    as_written = copy.deepcopy(IMAGE_LAST)
-    image_first = copy.deepcopy(IMAGE_LAST)
-    image_first[0]["value"] = "<image>\nWhat shape is shown?"  # what preprocess_multimodal makes of it
-    (ids, labels), (first_ids, first_labels) = ours.encode(as_written, image_first)
-    ids, labels = _collapse(ids, labels, ours.image_id, original.image_index)
-    first_ids, first_labels = _collapse(first_ids, first_labels, ours.image_id, original.image_index)
-    # The original's whole path trains on the image-first text; ours on the record as written.
-    assert (moved_ids, moved_labels) == (first_ids, first_labels)
-    assert ids != moved_ids
-    # Exactly where: from the first question's first word on, "What shape is shown?\n<image> ASSISTANT"
-    # (ours) against "<image>\nWhat shape is shown? ASSISTANT" (the original's, one token longer there),
-    # then the same ids and labels to the end. Nothing before it is supervised in either.
-    at = next(i for i, (a, b) in enumerate(zip(ids, moved_ids)) if a != b)
-    pieces = lambda xs: ["IMAGE" if x == original.image_index else original.tokenizer.convert_ids_to_tokens(x) for x in xs]  # noqa: E731
-    assert pieces(ids[at - 2 : at + 8]) == ["ER", ":", "▁What", "▁shape", "▁is", "▁shown", "?", "<0x0A>", "IMAGE", "▁"]
-    assert pieces(moved_ids[at - 2 : at + 9]) == ["ER", ":", "▁", "IMAGE", "▁", "<0x0A>", "What", "▁shape", "▁is", "▁shown", "?"]
-    assert ids[at + 8 :] == moved_ids[at + 9 :] and labels[at + 8 :] == moved_labels[at + 9 :]
-    assert set(labels[: at + 8]) == set(moved_labels[: at + 9]) == {IGNORE_INDEX}
-    assert pieces(ids[at + 8 : at + 13]) == ["▁A", "SS", "IST", "ANT", ":"]
