@@ -11,6 +11,12 @@ Measured in one run (`make bench`, or `python -m bench.labeler_bench`):
   is measured beside it. On a shared machine the engine's own speed drifts between runs,
   so the table also gives the share of each job's wall time the engine was generating
   (its recorded engine time / the job's time), which no drift affects;
+- the same jobs against a GPU-like engine (`SleepingEngine`, a named fake: it answers what
+  the real engine answered for each image after sleeping the real engine's measured time
+  for the batch, holding no CPU, as a process waiting on a GPU does): on 2 shared cores the
+  worker's own threads slow a CPU engine, so these rows are what the job system itself
+  costs, the figure a GPU pod would see (target >= 0.95); these jobs list each image four
+  times (4,096 items, the cache off) so that starting a job weighs as little as in a real one;
 - the caption job with the worker calling the predictor on 127.0.0.1 (the remote client),
   as a ratio of in-process (target >= 0.9).
 Million-item submit, status and export: `bench/million_bench.py`.
@@ -19,6 +25,9 @@ The demo model is used when it exists (settings engine.model), else a random tin
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import socket
 import tempfile
@@ -27,6 +36,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -36,7 +46,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from bench.engine_bench import sample_images
-from engine.backend import Backend, GenerationRequest
+from engine.backend import Backend, GenerationRequest, GenerationResult
 from entrypoints.settings import Settings, get_settings
 from labeler.jobs import JobSpec
 from labeler.service import Labeler
@@ -44,6 +54,7 @@ from labeler.worker import InProcessWorker, load_engine
 from training.world import shapes_schema
 
 IMAGES = 1024
+GPU_LIKE_ITEMS = 4096  # the GPU-like engine's jobs: start-up (submit, first message) is a smaller share, as in real jobs
 BATCH = 32
 SPECS = {  # no cache: the bench's images repeat, and every item must be generated to compare with the raw engine
     "caption": JobSpec(task="caption", max_new_tokens=16, use_cache=False),
@@ -93,26 +104,48 @@ def _settings(work: Path, model: str, database_url: str | None = None, broker_ur
     )
 
 
-def raw_engine_rate(engine: Backend, paths: list[Path], spec: JobSpec) -> float:
-    """Images/s of the engine alone: the same requests, in batches of BATCH.
+def raw_engine_rate(engine: Backend, paths: list[Path], spec: JobSpec) -> tuple[float, dict[str, GenerationResult]]:
+    """Images/s of the engine alone: the same requests, in batches of BATCH; and its answer per image (by hash).
 
     It runs in a thread of its own, as the in-process worker's batches do: torch's
     intra-op thread pool is per calling thread, and on a busy 2-core machine the main
     thread's pool was measured ten times slower, which would flatter the labeler.
     """
-    requests = [GenerationRequest.of(spec, p) for p in paths]
+    images = [p.read_bytes() for p in paths]
+    requests = [GenerationRequest.of(spec, image) for image in images]
     seconds: list[float] = []
+    results: list[GenerationResult] = []
 
     def run() -> None:
         started = time.perf_counter()
         for start in range(0, len(requests), BATCH):
-            engine.generate(requests[start : start + BATCH])
+            results.extend(engine.generate(requests[start : start + BATCH]))
         seconds.append(time.perf_counter() - started)
 
     thread = threading.Thread(target=run)
     thread.start()
     thread.join()
-    return len(requests) / seconds[0]
+    return len(requests) / seconds[0], {_key(image): result for image, result in zip(images, results, strict=True)}
+
+
+def _key(image: bytes | str | Path) -> str:
+    return hashlib.sha256(image if isinstance(image, bytes) else Path(image).read_bytes()).hexdigest()
+
+
+class SleepingEngine:
+    """A named fake of an engine on a GPU: each batch sleeps `seconds_per_image` per request (the real
+    engine's measured time), holding no CPU and no GIL, and returns what the real engine answered
+    for each image. What a job then loses against `1 / seconds_per_image` is the job system's alone."""
+
+    def __init__(self, engine: Backend, answers: dict[str, GenerationResult], seconds_per_image: float):
+        self.engine, self.answers, self.seconds_per_image = engine, answers, seconds_per_image
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        time.sleep(self.seconds_per_image * len(requests))
+        return [replace(self.answers[_key(request.image)]) for request in requests]  # a copy: the worker may amend it
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
 
 
 class TimedEngine:
@@ -132,19 +165,20 @@ class TimedEngine:
         return getattr(self.engine, name)
 
 
-def job_rate(settings: Settings, engine: Backend, folder: Path, spec: JobSpec) -> tuple[float, float]:
-    """Images/s of a whole job (submit to last item done, through the broker and the database), and
-    the share of that time the engine was generating."""
+def job_rate(settings: Settings, engine: Backend, source: Path, spec: JobSpec, items: int | None = None) -> tuple[float, float]:
+    """Images/s of a whole job of `items` (submit to last item done, through the broker and the
+    database; IMAGES by default), and the share of that time the engine was generating."""
+    items = items or IMAGES
     labeler = Labeler(settings)
     timed = TimedEngine(engine)
     with InProcessWorker(settings, timed):  # type: ignore[arg-type]
         started = time.perf_counter()
-        job = labeler.submit(str(folder), spec)
+        job = labeler.submit(str(source), spec)
         while not (status := labeler.status(job.id)).finished:
             time.sleep(0.05)
         seconds = time.perf_counter() - started
-    assert status.done + status.failed == IMAGES and not status.cache_hits, status
-    return IMAGES / seconds, timed.busy / seconds
+    assert status.done + status.failed == items and not status.cache_hits, status
+    return items / seconds, timed.busy / seconds
 
 
 def remote_job_rate(work: Path, model: str, folder: Path) -> float:
@@ -158,6 +192,13 @@ def remote_job_rate(work: Path, model: str, folder: Path) -> float:
         engine = load_engine(settings)
         engine.generate([GenerationRequest.of(spec, folder / "00000.png")] * BATCH)  # warm-up
         return job_rate(settings, engine, folder, spec)[0]
+
+
+def _forget_queue(settings: Settings) -> None:
+    """Delete a run's Redis queue and its binding (each run has a queue of its own)."""
+    import redis
+
+    redis.Redis.from_url(REDIS).delete(settings.labeler.queue, f"_kombu.binding.{settings.labeler.queue}")
 
 
 def _model(work: Path, console: Console) -> tuple[str, str]:
@@ -185,8 +226,10 @@ def main() -> dict:
         engine.generate([GenerationRequest.of(SPECS["caption"], folder / "00000.png")] * BATCH)  # warm-up
         console.print(f"labeler bench on the {model_name}: {IMAGES:,} images, batch {BATCH}…")
         paths = sorted(folder.iterdir())
+        manifest = work / "gpu-like.jsonl"  # each image GPU_LIKE_ITEMS // IMAGES times
+        manifest.write_text("".join(json.dumps({"image": str(p)}) + "\n" for p in paths * (GPU_LIKE_ITEMS // IMAGES)))
         for task, spec in SPECS.items():
-            raw_before = raw_engine_rate(engine, paths, spec)
+            raw_before, answers = raw_engine_rate(engine, paths, spec)
             for depth in (1, 2):
                 settings = _settings(work / f"embedded-{task}-{depth}", model, in_flight=depth)
                 figures[f"{task} embedded {depth}"], figures[f"{task} embedded {depth} share"] = job_rate(settings, engine, folder, spec)
@@ -194,11 +237,17 @@ def main() -> dict:
                 with _postgres_database() as url:
                     settings = _settings(work / f"cluster-{task}", model, url, REDIS)
                     figures[f"{task} cluster 2"], figures[f"{task} cluster 2 share"] = job_rate(settings, engine, folder, spec)
-                import redis
-
-                redis.Redis.from_url(REDIS).delete(settings.labeler.queue, f"_kombu.binding.{settings.labeler.queue}")
+                _forget_queue(settings)
             # The machine is shared: the raw rate is taken before and after the jobs and averaged.
-            figures[f"{task} raw"] = (raw_before + raw_engine_rate(engine, paths, spec)) / 2
+            figures[f"{task} raw"] = (raw_before + raw_engine_rate(engine, paths, spec)[0]) / 2
+            gpu_like = SleepingEngine(engine, answers, 1 / figures[f"{task} raw"])  # as cheap in CPU as a GPU: a longer job
+            for key, url, broker in (("gpu-like embedded 2", None, None), ("gpu-like cluster 2", POSTGRES, REDIS)):
+                if url is None or services:
+                    with _postgres_database() if url else contextlib.nullcontext() as database:
+                        settings = _settings(work / f"{key}-{task}".replace(" ", "-"), model, database, broker)
+                        figures[f"{task} {key}"], figures[f"{task} {key} share"] = job_rate(settings, gpu_like, manifest, spec, GPU_LIKE_ITEMS)
+                    if url:
+                        _forget_queue(settings)
         figures["remote"] = remote_job_rate(work / "remote", model, folder)
 
     table = Table(title=f"labeler: {model_name} on this CPU (one run; batch {BATCH}, {IMAGES:,} images)")
@@ -213,6 +262,8 @@ def main() -> dict:
             ("embedded 1", "SQLite, one batch in flight"),
             ("embedded 2", "SQLite, two in flight (default)"),
             ("cluster 2", "PostgreSQL + Redis, two in flight"),
+            ("gpu-like embedded 2", f"SQLite, two in flight, GPU-like engine, {GPU_LIKE_ITEMS:,} items"),
+            ("gpu-like cluster 2", f"PostgreSQL + Redis, two in flight, GPU-like engine, {GPU_LIKE_ITEMS:,} items"),
         )
         for key, label in rows:
             if f"{task} {key}" in figures:
