@@ -1,7 +1,8 @@
 """Exports of a job: JSONL, COCO captions, LLaVA conversation JSON, Label Studio tasks.
 
 All four stream: items are read in id-ordered pages (keyset pagination, `PAGE` at a
-time) with their predictions and reviews, and records are written as they come, so a
+time) with their predictions and reviews, as plain rows (no ORM objects: a million of
+them cost more than the rest of the export), and records are written as they come, so a
 job of a million items never sits in memory. JSON-array formats are written element
 by element.
 
@@ -26,21 +27,23 @@ A COCO export also writes the model's captions as a COCO results file
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 from urllib.parse import quote
 
-from sqlalchemy import select
+from sqlalchemy import Column, Select, select
 
 from engine.prompts import IMAGE_TOKEN, build_instruction
 from labeler import label_studio
 from labeler.db import Database
-from labeler.models import Decision, Item, ItemState, Job, ModelVersion, Prediction, Review
+from labeler.models import Base, Decision, Item, ItemState, Job, ModelVersion, Prediction, Review
 
 PAGE = 1000
+_encode = json.JSONEncoder(ensure_ascii=False).encode  # `json.dumps(..., ensure_ascii=False)` without a new encoder per record
 FORMATS = ("jsonl", "coco", "llava", "label-studio")
 SUFFIX = {"jsonl": ".jsonl", "coco": ".coco.json", "llava": ".llava.json", "label-studio": ".label-studio.json"}
 COMPANION = {"coco": ".coco-results.json", "label-studio": ".label-studio.xml"}  # written beside the export
@@ -100,14 +103,60 @@ def companion(fmt: str, out: str | Path) -> Path | None:
     return out.with_name(out.name.removesuffix(".json").removesuffix(SUFFIX[fmt].removesuffix(".json")) + COMPANION[fmt])
 
 
-@dataclass(frozen=True)
+class ItemRecord(NamedTuple):
+    """The item columns the exports read (an `Item`'s attribute names, no ORM instance)."""
+
+    id: int
+    uri: str
+    status: str
+    error: str | None
+    question: str | None
+    meta: dict[str, Any] | None
+    reference: Any
+    content_hash: str | None
+
+
+class PredictionRecord(NamedTuple):
+    """The prediction columns the exports read (a `Prediction`'s attribute names)."""
+
+    id: int
+    text: str
+    output_json: Any
+    confidence: float | None
+    tokens: int
+    finish_reason: str
+    prompt_hash: str
+    created_at: datetime
+
+
+class ReviewRecord(NamedTuple):
+    """The review columns the exports read (a `Review`'s attribute names)."""
+
+    id: int
+    decision: str
+    output: Any
+    reviewer: str
+    created_at: datetime
+
+
+def _columns(model: type[Base], record: type[NamedTuple]) -> list[Column[Any]]:
+    """The table columns behind the record's attribute names: selected as such, rows skip the ORM's loading."""
+    return [model.__mapper__.columns[name] for name in record._fields]
+
+
+_ITEM, _PREDICTION, _REVIEW = _columns(Item, ItemRecord), _columns(Prediction, PredictionRecord), _columns(Review, ReviewRecord)
+_NAME_AT = 1 + len(_PREDICTION)  # a prediction row: item id, the prediction, its model's name, its review
+_REVIEW_AT = _NAME_AT + 1
+
+
+@dataclass(frozen=True, slots=True)
 class Row:
     """One item with its latest prediction and that prediction's review."""
 
-    item: Item
-    prediction: Prediction | None
+    item: ItemRecord
+    prediction: PredictionRecord | None
     model_version: str | None
-    review: Review | None
+    review: ReviewRecord | None
 
     def output(self) -> Any:
         return None if self.prediction is None else prediction_answer(self.prediction)
@@ -121,7 +170,7 @@ class Row:
         return self.output()
 
 
-def prediction_answer(prediction: Prediction) -> Any:
+def prediction_answer(prediction: Prediction | PredictionRecord) -> Any:
     """A prediction's answer as exports show it: parsed JSON for schema tasks, else the text."""
     return prediction.output_json if prediction.output_json is not None else prediction.text
 
@@ -131,28 +180,54 @@ def label_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "), ensure_ascii=False)
 
 
+def _items(job_id: int, after: int, done_only: bool) -> Select:
+    """The next page of the job's items after id `after` (keyset on (job_id, id), the index's order)."""
+    item = Item.__table__.c
+    query = select(*_ITEM).where(item.job_id == job_id, item.id > after)
+    if done_only:
+        query = query.where(item.status == ItemState.DONE)
+    return query.order_by(item.id).limit(PAGE)
+
+
+def _predictions(first: int, last: int) -> Select:
+    """The predictions of items `first`..`last`, each with its model's name and review, oldest first.
+
+    A range of item ids is read through the predictions' (item_id, ...) index; joined to the page of
+    items instead, PostgreSQL may hash-join a scan of every prediction, per page. Items of other jobs
+    in the range come too, and are left out by the caller."""
+    prediction, version, review = Prediction.__table__.c, ModelVersion.__table__.c, Review.__table__.c
+    return (
+        select(prediction.item_id, *_PREDICTION, version.name, *_REVIEW)
+        .join_from(Prediction.__table__, ModelVersion.__table__, version.id == prediction.model_version_id)
+        .outerjoin(Review.__table__, review.prediction_id == prediction.id)
+        .where(prediction.item_id.between(first, last))
+        .order_by(prediction.id)
+    )
+
+
+def _row(item: Sequence[Any], found: Sequence[Any] | None) -> Row:
+    if found is None:
+        return Row(ItemRecord._make(item), None, None, None)
+    review = None if found[_REVIEW_AT] is None else ReviewRecord._make(found[_REVIEW_AT:])
+    return Row(ItemRecord._make(item), PredictionRecord._make(found[1:_NAME_AT]), found[_NAME_AT], review)
+
+
 def iter_rows(db: Database, job_id: int, *, done_only: bool = False) -> Iterator[Row]:
-    """Every item of the job in id order, one page of `PAGE` items in memory at a time."""
+    """Every item of the job in id order, one page of `PAGE` items in memory at a time.
+
+    Plain rows, not ORM objects: a million-item export cannot pay for an identity map. An item
+    with several predictions comes once, with its latest (highest id) prediction."""
     last = 0
     while True:
         with db.read() as session:
-            query = select(Item).where(Item.job_id == job_id, Item.id > last)
-            if done_only:
-                query = query.where(Item.status == ItemState.DONE)
-            items = list(session.scalars(query.order_by(Item.id).limit(PAGE)))
+            items = session.execute(_items(job_id, last, done_only)).all()
             if not items:
                 return
-            found = session.execute(
-                select(Prediction, ModelVersion.name, Review)
-                .join(ModelVersion, Prediction.model_version_id == ModelVersion.id)
-                .outerjoin(Review, Review.prediction_id == Prediction.id)
-                .where(Prediction.item_id.in_([item.id for item in items]))
-                .order_by(Prediction.id)
-            ).all()
-        latest = {prediction.item_id: (prediction, name, review) for prediction, name, review in found}
+            found = session.execute(_predictions(items[0][0], items[-1][0])).all()
+        latest = {values[0]: values for values in found}  # a later prediction of an item replaces an earlier one
         for item in items:
-            yield Row(item, *latest.get(item.id, (None, None, None)))
-        last = items[-1].id
+            yield _row(item, latest.get(item[0]))
+        last = items[-1][0]
 
 
 def _jsonl_record(row: Row) -> dict[str, Any]:
@@ -188,7 +263,7 @@ def _write_array(handle: IO[str], records: Iterator[dict[str, Any]]) -> int:
     count = 0
     handle.write("[")
     for record in records:
-        handle.write(("\n" if count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
+        handle.write(("\n" if count == 0 else ",\n") + _encode(record))
         count += 1
     handle.write("\n]" if count else "]")
     return count
@@ -328,6 +403,6 @@ def export(
 def _jsonl(db: Database, job_id: int, handle: IO[str]) -> int:
     count = 0
     for row in iter_rows(db, job_id):
-        handle.write(json.dumps(_jsonl_record(row), ensure_ascii=False) + "\n")
+        handle.write(_encode(_jsonl_record(row)) + "\n")
         count += 1
     return count

@@ -33,7 +33,7 @@ from engine.backend import MAX_NEW_TOKENS_LIMIT, GenerationOptions
 from engine.schema_budget import json_token_bound
 from labeler.settings import LabelerConfig, LabelerSettings
 from labeler.batches import finish_job_if_complete
-from labeler.bulk_insert import insert_rows
+from labeler.bulk_insert import insert_columns
 from labeler.db import Database
 from labeler.models import (
     ACTIVE_JOB_STATES,
@@ -297,31 +297,28 @@ def _insert_items(db: Database, job_id: int, items: Iterator, progress: Callable
     leaves a consistent job)."""
     inserted = 0
     for chunk in batched(items, INSERT_CHUNK):
-        now = utcnow()
-        rows = [
-            {
-                "job_id": job_id,
-                "uri": item.uri,
-                "question": item.question,
-                "metadata": item.metadata or None,
-                "reference": item.reference,
-                "status": ItemState.FAILED if item.error else ItemState.PENDING,
-                "attempts": 0,
-                "error": item.error,
-                "finished_at": now if item.error else None,
-                "sent_at": None,  # never sent: submit sends the queue's window, the sweepers the rest
-            }
-            for item in chunk
-        ]
-        refused = sum(1 for item in chunk if item.error)
+        now, errors = utcnow(), [item.error for item in chunk]
+        columns = {
+            "job_id": [job_id] * len(chunk),
+            "uri": [item.uri for item in chunk],
+            "question": [item.question for item in chunk],
+            "metadata": [item.metadata or None for item in chunk],
+            "reference": [item.reference for item in chunk],
+            "status": [ItemState.FAILED if error else ItemState.PENDING for error in errors],
+            "attempts": [0] * len(chunk),
+            "error": errors,
+            "finished_at": [now if error else None for error in errors],
+            "sent_at": [None] * len(chunk),  # never sent: submit sends the queue's window, the sweepers the rest
+        }
+        refused = sum(1 for error in errors if error)
         with db.write() as session:
-            insert_rows(session, Item.__table__, rows)
+            insert_columns(session, Item.__table__, columns)
             session.execute(
-                update(Job).where(Job.id == job_id).values(total=Job.total + len(rows), failed=Job.failed + refused)
+                update(Job).where(Job.id == job_id).values(total=Job.total + len(chunk), failed=Job.failed + refused)
             )
-        inserted += len(rows)
+        inserted += len(chunk)
         if progress:
-            progress(len(rows))
+            progress(len(chunk))
     if inserted >= ANALYZE_AFTER and not db.is_sqlite:
         with db.write() as session:
             session.execute(text("ANALYZE items"))

@@ -30,33 +30,42 @@ class PathGuard:
     """Resolves paths and refuses those outside `roots`.
 
     Resolving is what makes a manifest of a million lines slow (a `realpath` stats every
-    component), so the resolved form of each directory is remembered for the guard's
-    life (one source listing); only a path's last component is checked each time, and
-    followed in full when it is a symlink.
+    component), so each directory a path names is resolved once for the guard's life (one
+    source listing), with whether it lies inside a root; per path only its last component
+    is checked (one `lstat`), and followed in full when it is a symlink.
     """
 
     MAX_CACHED_DIRECTORIES = 100_000
 
     def __init__(self, roots: Sequence[Path]):
         self.roots = [os.path.realpath(root) for root in roots]
-        self._directories: dict[str, str] = {}
+        self._prefixes = tuple(root.rstrip(os.sep) + os.sep for root in self.roots)
+        self._directories: dict[tuple[str, str], tuple[str, bool]] = {}  # (base, directory as named) -> (resolved + "/", inside)
+
+    def _inside(self, real: str) -> bool:
+        return real in self.roots or real.startswith(self._prefixes)
 
     def resolve(self, path: str | Path, base: str | Path) -> str:
         """`path` (relative to `base`) fully resolved, or `PathEscapeError` when it leaves every root."""
-        joined = os.path.join(base, os.path.expanduser(path))
-        head, name = os.path.split(joined)
+        path, base = os.fspath(path), os.fspath(base)
+        head, name = os.path.split(os.path.expanduser(path) if path.startswith("~") else path)
         if name in ("", ".", ".."):
-            real = os.path.realpath(joined)
+            real = os.path.realpath(os.path.join(base, head, name))
+            inside = self._inside(real)
         else:
-            directory = self._directories.get(head)
-            if directory is None:
+            known = self._directories.get((base, head))
+            if known is None:
                 if len(self._directories) >= self.MAX_CACHED_DIRECTORIES:
                     self._directories.clear()
-                directory = self._directories[head] = os.path.realpath(head)
-            real = os.path.join(directory, name)
+                directory = os.path.realpath(os.path.join(base, head))
+                known = self._directories[base, head] = (os.path.join(directory, ""), self._inside(directory))
+            real, inside = known[0] + name, known[1]  # a name inside a directory inside a root is inside
             if os.path.islink(real):
                 real = os.path.realpath(real)
-        if any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots):
+                inside = self._inside(real)
+            elif not inside:
+                inside = self._inside(real)  # the root itself, named from its parent
+        if inside:
             return real
         listed = ", ".join(self.roots)
         raise PathEscapeError(  # not where it leads: a link's target can reveal paths and process ids (/proc/self)

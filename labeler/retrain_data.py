@@ -29,7 +29,7 @@ from engine.prompts import OPTION_LETTERS, UNANSWERABLE
 from labeler.settings import LabelerConfig, RetrainSettings
 from labeler import exports
 from labeler.db import Database
-from labeler.models import Decision, Item, Job, Prediction, Review
+from labeler.models import Decision, Job, Prediction, Review
 from labeler.reading import read_image_bytes
 
 TRAIN_DECISIONS = (Decision.ACCEPT, Decision.EDIT, Decision.AUTO)  # auto: accepted above a measured precision
@@ -69,7 +69,7 @@ def build(db: Database, settings: LabelerConfig, reviewed: dict[int, set[int]], 
     """Write train.json, eval.json and images/ under `workdir` from the reviewed items and the replay file."""
     options = settings.retrain
     images = workdir / "images"
-    records: list[tuple[dict[str, Any], Job, Item]] = []
+    records: list[tuple[dict[str, Any], Job, exports.ItemRecord]] = []
     for job_id, item_ids in sorted(reviewed.items()):
         records += _reviewed_records(db, job_id, item_ids)
     if len(records) < 2:
@@ -91,7 +91,7 @@ def build(db: Database, settings: LabelerConfig, reviewed: dict[int, set[int]], 
     return RetrainData(workdir / "train.json", workdir / "eval.json", images, counts)
 
 
-def _reviewed_records(db: Database, job_id: int, item_ids: set[int]) -> list[tuple[dict[str, Any], Job, Item]]:
+def _reviewed_records(db: Database, job_id: int, item_ids: set[int]) -> list[tuple[dict[str, Any], Job, exports.ItemRecord]]:
     """The job's llava export records for `item_ids`, with each record's job and item."""
     with db.read() as session:
         job = session.get(Job, job_id)
@@ -114,7 +114,7 @@ def _copy_image(uri: str, settings: LabelerConfig, images: Path, stem: str) -> s
     return relative
 
 
-def _eval_item(record: dict[str, Any], job: Job, item: Item) -> dict[str, Any]:
+def _eval_item(record: dict[str, Any], job: Job, item: exports.ItemRecord) -> dict[str, Any]:
     """The held-out record as one of training's evaluation items, asked exactly as the job asked it.
 
     One evaluation type per job and task, so items scored together share one schema or option list.

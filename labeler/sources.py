@@ -28,9 +28,8 @@ import os
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 from engine.fetch import FetchError, open_url
@@ -39,20 +38,20 @@ from engine.settings import FetchPolicy
 from labeler.paths import PathEscapeError, PathGuard, allowed_roots
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-MANIFEST_KEYS = ("image", "question", "metadata", "reference")
+MANIFEST_KEYS = frozenset(("image", "question", "metadata", "reference"))
 
 
 class SourceError(ValueError):
     """The source cannot be read; the message names it (and the manifest line) and says why."""
 
 
-@dataclass(frozen=True)
-class SourceItem:
-    """One image to label. `error` set: the item is recorded as failed with that reason."""
+class SourceItem(NamedTuple):
+    """One image to label. `error` set: the item is recorded as failed with that reason.
+    (A named tuple: a manifest of a million lines makes a million of them.)"""
 
     uri: str
     question: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] | None = None
     reference: Any = None
     error: str | None = None
 
@@ -75,7 +74,7 @@ def iter_source(
     if location.kind == "http":
         if urlsplit(source).path.endswith(".jsonl"):
             lines = _http_lines(source, policy, max_manifest_bytes)
-            yield from _manifest(lines, source, locations, lambda entry: urljoin(source, entry))
+            yield from _manifest(lines, source, locations, lambda entry: locations.check(urljoin(source, entry)).uri)
         else:
             yield SourceItem(uri=source)
     elif location.kind == "store":
@@ -160,8 +159,8 @@ def _listed(root: str, paths: Iterable[str], keep: Callable[[str], bool]) -> Ite
 
 
 def _local_manifest(path: Path, policy: FetchPolicy, locations: Locations) -> Iterator[SourceItem]:
-    base = path.resolve().parent
-    guard = PathGuard(allowed_roots(policy.allowed_roots, base))
+    directory = path.resolve().parent
+    guard, base = PathGuard(allowed_roots(policy.allowed_roots, directory)), str(directory)
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -187,15 +186,17 @@ def _http_lines(url: str, policy: FetchPolicy, max_bytes: int) -> Iterator[bytes
 def _manifest(
     lines: Iterable[bytes], name: str, locations: Locations, resolve: Callable[[str], str]
 ) -> Iterator[SourceItem]:
-    """Items from manifest lines; `resolve` turns a line's local path into a URI (against the manifest, through its guard)."""
+    """Items from manifest lines; `resolve` turns a line's local path into a checked URI (against the
+    manifest: through its guard, or joined to a remote manifest's URL and checked again as the URL it became)."""
     for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
         try:
             record = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if not raw.strip():  # a blank line (checked only here: a million lines are not blank)
+                continue
             raise SourceError(f"{name} line {number}: not valid JSON ({exc})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not record["image"]:
+        entry = record.get("image") if isinstance(record, dict) else None
+        if not isinstance(entry, str) or not entry:
             raise SourceError(f'{name} line {number}: needs an object with an "image" (a path or URL)')
         question = record.get("question")
         if question is not None and not isinstance(question, str):
@@ -203,26 +204,19 @@ def _manifest(
         metadata = record.get("metadata") or {}
         if not isinstance(metadata, dict):
             raise SourceError(f'{name} line {number}: "metadata" must be an object')
-        metadata = {**metadata, **{k: v for k, v in record.items() if k not in MANIFEST_KEYS}}
-        entry: str = record["image"]
-        common = dict(question=question, metadata=metadata, reference=record.get("reference"))
+        if not MANIFEST_KEYS.issuperset(record):
+            metadata = {**metadata, **{k: v for k, v in record.items() if k not in MANIFEST_KEYS}}
         try:
             uri, error = _located(entry, locations, resolve), None
         except (LocationRefused, PathEscapeError) as exc:
             uri, error = entry, str(exc)
-        yield SourceItem(uri=uri, error=error, **common)
+        yield SourceItem(uri, question, metadata, record.get("reference"), error)
 
 
 def _located(entry: str, locations: Locations, resolve: Callable[[str], str]) -> str:
-    """The URI a manifest line names, or the refusal.
-
-    A local path is resolved against the manifest and checked again: joined to a remote
-    manifest's URL it has become a URL.
-    """
+    """The URI a manifest line names (a local path resolved against the manifest), or the refusal."""
     location = locations.check(entry)
-    if location.kind != "local":
-        return location.uri
-    return locations.check(resolve(location.uri)).uri
+    return location.uri if location.kind != "local" else resolve(location.uri)
 
 
 def _store(url: str, suffixes: tuple[str, ...], locations: Locations) -> Iterator[SourceItem]:
@@ -237,7 +231,7 @@ def _store(url: str, suffixes: tuple[str, ...], locations: Locations) -> Iterato
         base = posixpath.dirname(path)
 
         def resolve(entry: str) -> str:
-            return fs.unstrip_protocol(posixpath.normpath(posixpath.join(base, entry)))
+            return locations.check(fs.unstrip_protocol(posixpath.normpath(posixpath.join(base, entry)))).uri
 
         try:
             handle = fs.open(path, "rb")

@@ -207,3 +207,37 @@ def test_exports_stream_memory_does_not_grow_with_the_job(labeler_settings, tmp_
         # Holding the job would cost ~10x; SQLAlchemy's caches fill towards a ceiling instead (coco measured
         # 1.22 MB for 1,000 items, 1.72 MB for 10,000, 1.89 MB for 30,000), so 1.5x was too close to call.
         assert peaks[1] < 2 * peaks[0], f"{fmt}: peak {peaks[1]:,} bytes for 10,000 items vs {peaks[0]:,} for 1,000"
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_each_item_exports_with_its_own_latest_prediction(
+    labeler_settings, request: pytest.FixtureRequest, database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages read predictions by a range of item ids: items of another job in that range, and an item
+    predicted twice (the later prediction wins), still export with their own job's latest answer."""
+    from labeler.registry import version_for_uri
+
+    url = request.getfixturevalue("pg_database") if database == "postgres" else None
+    labeler = Labeler(labeler_settings(database_url=url))
+    monkeypatch.setattr(exports, "PAGE", 3)
+    with labeler.db.write() as session:
+        mine, other = (Job(source=name, task="caption", generation={}, batch_size=4, status="completed") for name in "ab")
+        session.add_all([mine, other])
+        session.flush()
+        version = version_for_uri(session, "two-jobs-model").id
+        owners = [mine.id, other.id] * 5  # ids interleaved, as when two jobs are submitted at once
+        ids = [session.execute(insert(Item.__table__).values(job_id=j, uri=f"/d/{n}.png", status="done", attempts=1)).inserted_primary_key[0]
+               for n, j in enumerate(owners)]  # fmt: skip
+        for (item_id, job_id), prompt in [*((pair, "h") for pair in zip(ids, owners)), ((ids[2], mine.id), "newer")]:
+            session.execute(insert(Prediction.__table__).values(
+                item_id=item_id, job_id=job_id, model_version_id=version, prompt_hash=prompt, text=f"{prompt} {item_id} of {job_id}",
+                confidence=-0.5, tokens=3, finish_reason="stop", latency_ms=1.0, reviewed=False))  # fmt: skip
+        job_id = mine.id
+    out = tmp_path / "mine.jsonl"
+    assert labeler.export(job_id, "jsonl", out) == 5
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in records] == ids[::2]
+    assert [r["label"] for r in records] == [f"{'newer' if i == ids[2] else 'h'} {i} of {job_id}" for i in ids[::2]]
+    (row,) = (row for row in exports.iter_rows(labeler.db, job_id) if row.item.id == ids[2])
+    assert row.prediction is not None and row.prediction.prompt_hash == "newer" and row.model_version == "two-jobs-model"
+    assert row.prediction.created_at.tzinfo is not None and row.review is None  # times decoded as the column types decode them

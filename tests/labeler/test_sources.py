@@ -125,6 +125,22 @@ def test_manifest_paths_cannot_escape_the_manifest_directory(tmp_path: Path, png
     assert allowed.error is None and allowed.uri == str(data / "imgs" / "ok.png")
 
 
+def test_the_guard_follows_every_line_in_a_directory_it_has_seen(tmp_path: Path, png) -> None:
+    """The guard resolves each directory once per manifest; a symlinked file among plain ones, or a path
+    through a linked directory, is still followed on every line: refused where it leads out, kept where not."""
+    (tmp_path / "secret.png").write_bytes(png(9))
+    data = tmp_path / "data"
+    (data / "imgs").mkdir(parents=True)
+    (data / "imgs" / "ok.png").write_bytes(png(1))
+    (data / "imgs" / "out.png").symlink_to(tmp_path / "secret.png")
+    (data / "imgs" / "in.png").symlink_to(data / "imgs" / "ok.png")
+    (data / "imgs" / "escape").symlink_to(tmp_path)
+    entries = ["imgs/ok.png", "imgs/out.png", "imgs/in.png", "imgs/escape/secret.png", "imgs/ok.png", "imgs/out.png", "../data"]
+    items = list(iter_source(str(_manifest(data / "m.jsonl", [{"image": entry} for entry in entries])), FetchPolicy()))
+    assert [item.error is None for item in items] == [True, False, True, False, True, False, True]
+    assert [items[n].uri for n in (0, 2, 4, 6)] == [str(data / "imgs" / "ok.png")] * 3 + [str(data)]  # links: their targets
+
+
 def test_allowed_roots_widen_the_guard(tmp_path: Path, png) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
