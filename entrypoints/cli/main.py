@@ -30,11 +30,16 @@ def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Lo
     """Quiet library chatter unless asked: the CLI's own output is the interface."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not verbose:
+    if verbose:
+        return
+    if "transformers" in sys.modules:  # already loaded: tell it directly
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+    else:  # read when it loads; importing it here would cost every command (a submit, a status) most of a second
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 COMMAND_MODULES = (predict, serve, jobs, retrain, train, console, import_reviews, trust, api, benchmark)
