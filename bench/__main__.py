@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 
-SECTIONS = ["bench.engine_bench", "bench.serving_bench", "bench.labeler_bench", "bench.million_bench", "bench.trust_bench", "bench.cache_bench"]
+SECTIONS = ["bench.engine_bench", "bench.real_geometry_bench", "bench.serving_bench", "bench.labeler_bench", "bench.million_bench", "bench.trust_bench", "bench.cache_bench"]
 
 
 def main() -> None:
