@@ -293,33 +293,47 @@ def submit(
 
 
 def _insert_items(db: Database, job_id: int, items: Iterator, progress: Callable[[int], None] | None) -> None:
-    """Bulk-insert in chunks (COPY on PostgreSQL), each chunk and its counters in one transaction (a crash
-    leaves a consistent job)."""
-    inserted = 0
-    for chunk in batched(items, INSERT_CHUNK):
-        now, errors = utcnow(), [item.error for item in chunk]
-        columns = {
-            "job_id": [job_id] * len(chunk),
-            "uri": [item.uri for item in chunk],
-            "question": [item.question for item in chunk],
-            "metadata": [item.metadata or None for item in chunk],
-            "reference": [item.reference for item in chunk],
-            "status": [ItemState.FAILED if error else ItemState.PENDING for error in errors],
-            "attempts": [0] * len(chunk),
-            "error": errors,
-            "finished_at": [now if error else None for error in errors],
-            "sent_at": [None] * len(chunk),  # never sent: submit sends the queue's window, the sweepers the rest
-        }
-        refused = sum(1 for error in errors if error)
-        with db.write() as session:
-            insert_columns(session, Item.__table__, columns)
-            session.execute(
-                update(Job).where(Job.id == job_id).values(total=Job.total + len(chunk), failed=Job.failed + refused)
-            )
-        inserted += len(chunk)
-        if progress:
-            progress(len(chunk))
-    if inserted >= ANALYZE_AFTER and not db.is_sqlite:
+    """Bulk-insert the items. On PostgreSQL one COPY streams them all in one transaction with the job's
+    counters (the server ingests a chunk while the next is read); elsewhere each chunk and its counters
+    are one transaction (SQLite has one writer: workers record between chunks). Either way a crash
+    leaves a consistent job."""
+    counted = {"total": 0, "failed": 0}
+
+    def chunks() -> Iterator[dict[str, list]]:
+        for chunk in batched(items, INSERT_CHUNK):
+            now, errors = utcnow(), [item.error for item in chunk]
+            counted["total"] += len(chunk)
+            counted["failed"] += sum(1 for error in errors if error)
+            yield {
+                "job_id": [job_id] * len(chunk),
+                "uri": [item.uri for item in chunk],
+                "question": [item.question for item in chunk],
+                "metadata": [item.metadata or None for item in chunk],
+                "reference": [item.reference for item in chunk],
+                "status": [ItemState.FAILED if error else ItemState.PENDING for error in errors],
+                "attempts": [0] * len(chunk),
+                "error": errors,
+                "finished_at": [now if error else None for error in errors],
+                "sent_at": [None] * len(chunk),  # never sent: submit sends the queue's window, the sweepers the rest
+            }
+            if progress:
+                progress(len(chunk))
+
+    def count(session: Session) -> None:
+        session.execute(update(Job).where(Job.id == job_id).values(total=Job.total + counted["total"], failed=Job.failed + counted["failed"]))
+        counted.update(total=0, failed=0)
+
+    if db.is_sqlite:
+        for columns in chunks():
+            with db.write() as session:
+                insert_columns(session, Item.__table__, [columns])
+                count(session)
+        return
+    with db.write() as session:
+        insert_columns(session, Item.__table__, chunks())
+        inserted = counted["total"]
+        count(session)
+    if inserted >= ANALYZE_AFTER:
         with db.write() as session:
             session.execute(text("ANALYZE items"))
 

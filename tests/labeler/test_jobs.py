@@ -365,3 +365,28 @@ def test_a_large_submit_refreshes_postgres_statistics(labeler_settings, pg_datab
         estimated = session.scalar(text("SELECT reltuples FROM pg_class WHERE relname = 'items'"))
         counted = session.scalar(text("SELECT count(*) FROM items"))
     assert estimated == counted
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_submit_of_many_chunks_keeps_every_line_in_order_or_nothing(database, request, labeler_settings, png, tmp_path: Path, monkeypatch) -> None:
+    """Chunks of 3 lines (one COPY stream on PostgreSQL, a transaction each on SQLite): every line an item in
+    manifest order with its counters; a malformed line in a later chunk leaves no job and no item behind."""
+    monkeypatch.setattr(jobs, "INSERT_CHUNK", 3)
+    url = request.getfixturevalue("new_pg_database")() if database == "postgresql" else None
+    labeler = Labeler(labeler_settings(database_url=url) if url else labeler_settings())
+    (tmp_path / "a.png").write_bytes(png(1))
+    lines = [{"image": "a.png", "metadata": {"n": i}} for i in range(10)] + [{"image": "../outside.png"}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    status = labeler.submit(str(manifest), CAPTION)
+    assert (status.total, status.failed) == (11, 1)
+    with labeler.db.read() as session:
+        rows = session.execute(select(Item.meta, Item.status).where(Item.job_id == status.id).order_by(Item.id)).all()
+    assert [meta["n"] for meta, _ in rows[:10]] == list(range(10)) and rows[10].status == "failed"
+
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines[:7]) + "{not json\n")
+    with pytest.raises(SourceError, match="line 8"):
+        labeler.submit(str(manifest), CAPTION)
+    with labeler.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
+        assert session.scalar(select(func.count()).select_from(Item)) == 11
