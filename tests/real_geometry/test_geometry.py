@@ -92,6 +92,23 @@ def test_json_over_the_real_vocabulary_is_valid_or_an_explicit_failure(real_back
     assert cut.text.startswith('{"note": "')
 
 
+def test_predict_prints_a_valid_object_or_a_one_line_error(real_model_dir, tmp_path):
+    """`llava-labeler predict` with a JSON schema on a real-geometry checkpoint, as a user runs it."""
+    schema = tmp_path / "shapes.json"
+    schema.write_text(json.dumps(SHAPES_SCHEMA))
+    common = ["predict", "--model", str(real_model_dir), "--image", str(IMAGE), "--task", "json", "--schema", str(schema)]
+    proc = run_cli(*common, "--max-new-tokens", "64")
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stdout.splitlines()
+    answer = json.loads(line)
+    assert answer["error"] is None and set(answer["json"]) == set(SHAPES_SCHEMA["properties"])
+    proc = run_cli(*common, "--max-new-tokens", "4")  # too few tokens to close the object
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == ["error: length: the JSON answer was cut off at max_new_tokens=4"], proc.stderr
+    [line] = proc.stdout.splitlines()  # the result is still printed, with what was generated
+    assert json.loads(line)["json"] is None and json.loads(line)["finish_reason"] == "length"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
