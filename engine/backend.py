@@ -91,6 +91,7 @@ class GenerationResult:
     finish_reason: FinishReason = "stop"
     tokens: int = 0
     confidence: float | None = None
+    prompt_tokens: int = 0  # the prompt's length in LLM positions (image features included): usage, cost
     error: str | None = None
     field_confidence: dict[str, Any] | None = None  # a JSON answer's per-field log-probs (engine.field_confidence)
     token_logprobs: list[float] = field(default_factory=list, repr=False)

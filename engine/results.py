@@ -17,15 +17,17 @@ from engine.structured import parse_and_validate
 
 
 def result_from_tokens(
-    request: GenerationRequest, tokens: Sequence[int], logprobs: Sequence[float], *, tokenizer, eos_id: int
+    request: GenerationRequest, tokens: Sequence[int], logprobs: Sequence[float], *, tokenizer, eos_id: int, prompt_tokens: int
 ) -> GenerationResult:
-    """The result for `request` given its generated `tokens` (end-of-sequence included) and their log-probs."""
+    """The result for `request` given its generated `tokens` (end-of-sequence included), their log-probs and
+    the length of the prompt they followed."""
     tokens, logprobs = list(tokens), list(logprobs)
     stopped = bool(tokens) and tokens[-1] == eos_id
     result = GenerationResult(
         text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
         finish_reason="stop" if stopped else "length",
         tokens=len(tokens),
+        prompt_tokens=prompt_tokens,
         confidence=sum(logprobs) / len(logprobs) if logprobs else None,
         token_logprobs=logprobs,
         token_ids=tokens,

@@ -321,6 +321,7 @@ class BatchProcessor:
             Prediction.confidence,
             Prediction.field_confidence,
             Prediction.tokens,
+            Prediction.prompt_tokens,
         ).where(
             Prediction.content_hash.in_({work.content_hash for work in works}),
             Prediction.prompt_hash.in_({work.prompt_hash for work in works}),
@@ -332,8 +333,10 @@ class BatchProcessor:
         with self.db.read() as session:
             rows = session.execute(query).all()
         return {
-            (content, prompt): GenerationResult(text=text, json=answer, confidence=confidence, field_confidence=fields, tokens=tokens)
-            for content, prompt, text, answer, confidence, fields, tokens in rows
+            (content, prompt): GenerationResult(
+                text=text, json=answer, confidence=confidence, field_confidence=fields, tokens=tokens, prompt_tokens=used or 0
+            )
+            for content, prompt, text, answer, confidence, fields, tokens, used in rows
         }
 
     def _largest_budget(self, request: GenerationRequest) -> int:
@@ -468,6 +471,7 @@ def _upsert_predictions(
                 "confidence": result.confidence,
                 "field_confidence": result.field_confidence,
                 "tokens": result.tokens,
+                "prompt_tokens": result.prompt_tokens or None,
                 "finish_reason": result.finish_reason,
                 "latency_ms": 0.0 if cached else latency_ms,
                 "reviewed": False,
@@ -476,7 +480,7 @@ def _upsert_predictions(
         )
     insert = dialect_insert(session)(Prediction.__table__)
     keep = (
-        *("text", "json", "confidence", "field_confidence", "tokens", "finish_reason"),
+        *("text", "json", "confidence", "field_confidence", "tokens", "prompt_tokens", "finish_reason"),
         *("latency_ms", "content_hash", "cached", "created_at"),
     )
     upsert = insert.on_conflict_do_update(

@@ -124,6 +124,7 @@ class PredictionRecord(NamedTuple):
     output_json: Any
     confidence: float | None
     tokens: int
+    prompt_tokens: int | None
     finish_reason: str
     prompt_hash: str
     created_at: datetime

@@ -200,6 +200,7 @@ class Prediction(Base):
     confidence: Mapped[float | None] = mapped_column(Float)
     field_confidence: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)  # engine.field_confidence
     tokens: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)  # the prompt's LLM positions, image features included
     finish_reason: Mapped[str] = mapped_column(String(16))
     latency_ms: Mapped[float] = mapped_column(Float)
     content_hash: Mapped[str | None] = mapped_column(String(64))  # the image's sha256: the prediction cache's key

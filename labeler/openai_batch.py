@@ -265,13 +265,14 @@ def output_line(request_id: str, custom_id: str, row: Row) -> dict[str, Any]:
     if (row.item.meta or {}).get("logprobs"):
         # per-token log-probabilities are not kept with a prediction; its mean (the confidence) is
         choice["logprobs"] = {"content": [], "mean_logprob": prediction.confidence}
+    used = prediction.prompt_tokens or 0  # none recorded before migration 0011
     body = {
         "id": f"chatcmpl-{prediction.id}",
         "object": "chat.completion",
         "created": int(prediction.created_at.timestamp()),
         "model": row.model_version,
         "choices": [choice],
-        "usage": {"prompt_tokens": 0, "completion_tokens": prediction.tokens, "total_tokens": prediction.tokens},
+        "usage": {"prompt_tokens": used, "completion_tokens": prediction.tokens, "total_tokens": used + prediction.tokens},
     }
     return {
         "id": request_id,

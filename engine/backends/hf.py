@@ -96,4 +96,5 @@ class HFBackend(LocalBackend):
         except torch.OutOfMemoryError as exc:
             raise TransientEngineError(f"out of memory generating a batch of {len(rows)}: {exc}") from None
         sequences = output.sequences[:, prompt_len:].tolist()
-        return [self._result(row.request, sequences[i], control.logprobs[i]) for i, row in enumerate(rows)]
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()  # each row's own prompt, without the padding
+        return [self._result(row.request, sequences[i], control.logprobs[i], int(lengths[i])) for i, row in enumerate(rows)]

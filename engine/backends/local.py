@@ -133,9 +133,11 @@ class LocalBackend(ABC):
     def _run(self, rows: list[Row]) -> list[GenerationResult]:
         """One result per row, in order: the engine's work for one chunk."""
 
-    def _result(self, request: GenerationRequest, tokens: Sequence[int], logprobs: list[float]) -> GenerationResult:
+    def _result(self, request: GenerationRequest, tokens: Sequence[int], logprobs: list[float], prompt_tokens: int) -> GenerationResult:
         """The finished result: the tokens up to where the step control stopped the row."""
-        return result_from_tokens(request, list(tokens[: len(logprobs)]), logprobs, tokenizer=self.tokenizer, eos_id=self.eos_id)
+        return result_from_tokens(
+            request, list(tokens[: len(logprobs)]), logprobs, tokenizer=self.tokenizer, eos_id=self.eos_id, prompt_tokens=prompt_tokens
+        )
 
 
 def _out_of_memory(error: BaseException) -> bool:

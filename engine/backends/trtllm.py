@@ -152,7 +152,7 @@ class TRTLLMBackend(LocalBackend):
         except torch.OutOfMemoryError as exc:
             raise TransientEngineError(f"out of memory generating a batch of {len(rows)}: {exc}") from None
         return [
-            self._result(row.request, tokens, engine_row.hook.finish(tokens))
+            self._result(row.request, tokens, engine_row.hook.finish(tokens), len(engine_row.input_ids))
             for row, engine_row, tokens in zip(rows, engine_rows, outputs, strict=True)
         ]
 

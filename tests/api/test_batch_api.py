@@ -111,6 +111,8 @@ def test_batches_through_the_stock_openai_client(api_server, start_worker, batch
         completion = ChatCompletion.model_validate(line["response"]["body"])
         answer = completion.choices[0].message.content
         assert completion.choices[0].finish_reason in ("stop", "length") and completion.usage.completion_tokens > 0
+        usage = completion.usage  # the prompt's positions: its text and the image's features
+        assert usage.prompt_tokens > 36 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
         if custom_id.startswith("json"):
             jsonschema.validate(json.loads(answer), SHAPES_SCHEMA)
             if api_server.stack == "sqlite":  # PostgreSQL's JSONB reorders the schema's keys, so the prompt differs from training's

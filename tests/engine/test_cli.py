@@ -30,7 +30,7 @@ def test_predict_prints_one_json_object(tiny_model_dir):
     proc = run("predict", "--model", str(tiny_model_dir), "--image", str(IMAGE), "--max-new-tokens", "5")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert set(result) == {"text", "json", "finish_reason", "tokens", "confidence", "field_confidence", "error"}
+    assert set(result) == {"text", "json", "finish_reason", "tokens", "prompt_tokens", "confidence", "field_confidence", "error"}
     assert result["tokens"] == 5 and result["finish_reason"] == "length" and result["error"] is None and result["field_confidence"] is None
 
 

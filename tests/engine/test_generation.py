@@ -59,6 +59,9 @@ def test_greedy_batch_is_token_for_token_identical_to_one_at_a_time(tiny_backend
         assert together.text == alone.text
         assert together.tokens == alone.tokens == len(together.token_logprobs)
         assert together.token_logprobs == pytest.approx(alone.token_logprobs, abs=1e-4)
+        # each row's own prompt length, not the batch's padded one: text tokens plus the image's features
+        assert together.prompt_tokens == alone.prompt_tokens == tiny_backend.prompt_tokens(request.prompt)
+    assert len({result.prompt_tokens for result in batched}) > 1, "prompts of different lengths in the batch"
 
 
 def test_per_request_limits_and_length_finish(tiny_backend):
